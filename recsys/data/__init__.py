@@ -1,0 +1,1 @@
+"""Data contract: schema, readers, validation, vocabularies, sequences and batches."""

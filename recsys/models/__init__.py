@@ -1,0 +1,1 @@
+"""Model zoo: next-item (SASRec, MQSA-TED) and long-sequence CTR (DIN, TWIN, DARE, SDIM)."""
