@@ -1,0 +1,419 @@
+"""The generic training loop: optimisation, clipping, early stopping, checkpoint/resume, progress
+and logging for any `TrainTask` (recsys/tasks/base.py).
+
+Why it looks like this:
+- It is called unchanged from a Ray Train worker: no module-level state, no signal handlers,
+  files are written by rank 0 only, the task already holds the worker's shard. With
+  `world_size > 1` and an initialised `torch.distributed` process group, gradients are averaged
+  with an all-reduce (so any model works, no DDP wrapper needed) and rank 0's validation result
+  drives early stopping on every rank.
+- Resume is exact: a checkpoint written at the end of every epoch holds the model, the optimizer
+  state, the task generator, torch's default RNG (dropout) and the loop counters, so a killed and
+  resumed run ends with parameters identical to an uninterrupted one (tested).
+  Checkpoint format: one safetensors file (all tensors; no pickle) whose metadata carries the
+  JSON-serialisable rest, written to a temp file and moved in place with `os.replace` (atomic);
+  `checkpoint.json` next to it is the same JSON for humans.
+- Layout under `run_dir`: checkpoints/checkpoint.safetensors (+ .json), checkpoints/best.safetensors
+  (best weights by the task's primary validation metric), metrics.jsonl (one JSON per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from recsys.config import StrictModel
+from recsys.tasks.base import Batch, TrainTask
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_JSON = "checkpoint.json"
+BEST_FILE = "best.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainConfig(StrictModel):
+    """Optimisation settings of one run (the `train:` section of an experiment)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.0, ge=0)
+    #: max global gradient norm; None = no clipping
+    clip_norm: float | None = Field(None, gt=0)
+    #: stop after this many evaluations without improvement of the primary metric; None = never
+    patience: int | None = Field(None, ge=1)
+    #: evaluate on validation every this many epochs (and always after the last one)
+    eval_every: int = Field(1, ge=1)
+    seed: int = 0
+    #: time budget for training (minutes of wall time, checked after every step); None = no budget
+    max_minutes: float | None = Field(None, gt=0)
+    #: update the progress bar (loss, samples/s) every this many steps
+    log_every: int = Field(20, ge=1)
+
+
+@dataclass
+class FitResult:
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_run: int
+    #: "completed" | "early_stopped" | "time_budget"
+    stop_reason: str
+    seconds: float
+    #: one dict per epoch (the lines of metrics.jsonl)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_weights: Path | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoint (de)serialisation
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {"__tuple__": [_jsonable(v) for v in value]}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_from_jsonable(v) for v in value["__tuple__"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (safetensors) and the JSON rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = val
+            else:
+                scalars.setdefault(str(idx), {})[name] = val
+    return tensors, {"param_groups": _jsonable(sd["param_groups"]), "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = val
+    for idx, vals in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(vals)
+    return {"state": state, "param_groups": _from_jsonable(meta["param_groups"])}
+
+
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator, state: dict[str, Any]
+) -> None:
+    """Everything needed to continue training exactly, in one atomically written file."""
+    tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_to_flat(opt)
+    tensors.update(opt_tensors)
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"loop": state, "optimizer": opt_meta}
+    _atomic_save(tensors, path, metadata={"json": json.dumps(meta)})
+    _atomic_write_text(path.with_name(CHECKPOINT_JSON), json.dumps(meta, indent=1, sort_keys=True))
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator
+) -> dict[str, Any]:
+    """Restore model/optimizer/RNG state from `save_checkpoint`; returns the loop state."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["json"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    device = next(_unwrap(model).parameters()).device
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _unwrap(model).load_state_dict(model_sd, strict=True)
+    opt_sd = _optimizer_from_flat(
+        {k: v.to(device) if v.dim() > 0 else v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"]
+    )
+    opt.load_state_dict(opt_sd)
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return meta["loop"]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _distributed(world_size: int) -> bool:
+    return world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _allreduce_grads(model: torch.nn.Module, world_size: int) -> None:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _broadcast_floats(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, src=0)
+    return t.tolist()
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    """A SummaryWriter when tensorboard is installed, else None (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """On resume, drop log lines of epochs after the checkpoint (they will be re-run)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
+    _atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def fit(
+    model: torch.nn.Module,
+    task: TrainTask,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device | None = None,
+    restore_best: bool = True,
+) -> FitResult:
+    """Train `model` on `task` for `cfg.epochs` epochs (or until early stopping / time budget).
+
+    Validation runs every `cfg.eval_every` epochs and after the last one; the task's
+    `primary_metric` (higher is better) selects the best weights (checkpoints/best.safetensors)
+    and drives early stopping. With `restore_best` the model ends holding the best weights.
+    With `resume` and an existing checkpoint in `run_dir`, training continues after its epoch.
+    """
+    run_dir = Path(run_dir)
+    is_main = rank == 0
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    distributed = _distributed(world_size)
+
+    torch.manual_seed(cfg.seed + rank)  # dropout RNG; saved/restored with every checkpoint
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank)
+    opt = make_optimizer(model, cfg)
+    primary = task.primary_metric
+    state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None, "bad_evals": 0,
+                             "train_seconds": 0.0}
+    ckpt_path = ckpt_dir / CHECKPOINT_FILE
+    best_path = ckpt_dir / BEST_FILE
+    metrics_path = run_dir / METRICS_FILE
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, model, opt, generator)
+        log.info("resumed from %s at epoch %d", ckpt_path, state["epoch"])
+        if is_main:
+            _truncate_metrics(metrics_path, state["epoch"])
+    elif is_main and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+    history: list[dict[str, Any]] = []
+    if metrics_path.exists():
+        history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+
+    writer = _tensorboard_writer(run_dir) if is_main else None
+    start = time.perf_counter()
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    stop_reason = "completed"
+    if state.get("stopped"):
+        stop_reason = state["stopped"]
+
+    from tqdm.auto import tqdm
+
+    while state["epoch"] < cfg.epochs and not state.get("stopped"):
+        epoch = state["epoch"] + 1
+        model.train()
+        n_batches = task.num_train_batches(cfg.batch_size)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not is_main, leave=False,
+                   mininterval=1.0)
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        extra_sums: dict[str, float] = {}
+        n_steps = n_samples = 0
+        window_samples, window_start = 0, time.perf_counter()
+        out_of_time = False
+        for batch in task.train_batches(epoch, cfg.batch_size, generator):
+            batch = _to_device(batch, device)
+            loss, logs = task.loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {epoch} step {n_steps}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if distributed:
+                _allreduce_grads(_unwrap(model), world_size)
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            bsz = int(next(iter(batch.values())).shape[0])
+            loss_sum += loss.detach().double().cpu()
+            for k, v in logs.items():
+                extra_sums[k] = extra_sums.get(k, 0.0) + float(v)
+            n_steps += 1
+            n_samples += bsz
+            window_samples += bsz
+            state["global_step"] += 1
+            bar.update(1)
+            if n_steps % cfg.log_every == 0:
+                now = time.perf_counter()
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{window_samples / max(now - window_start, 1e-9):.0f}")
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss.item(), state["global_step"])
+                window_samples, window_start = 0, now
+            elapsed = state["train_seconds"] + time.perf_counter() - start
+            over = elapsed > budget_s
+            if distributed:
+                over = bool(_broadcast_floats([float(over)], device)[0])
+            if over:
+                out_of_time = True
+                break
+        bar.close()
+        epoch_seconds = time.perf_counter() - epoch_start
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "global_step": state["global_step"],
+            "train/loss": float(loss_sum) / max(n_steps, 1),
+            **{f"train/{k}": v / max(n_steps, 1) for k, v in extra_sums.items()},
+            "train/samples": n_samples,
+            "train/seconds": epoch_seconds,
+            "train/samples_per_s": n_samples / max(epoch_seconds, 1e-9),
+            "partial_epoch": out_of_time,
+        }
+        last = epoch == cfg.epochs
+        if epoch % cfg.eval_every == 0 or last or out_of_time:
+            model.eval()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                metrics = task.evaluate(model, "valid")
+            if primary not in metrics:
+                raise KeyError(f"task.evaluate returned no primary metric {primary!r}; got {sorted(metrics)}")
+            record.update({f"valid/{k}": float(v) for k, v in metrics.items()})
+            record["valid/seconds"] = time.perf_counter() - t0
+            value = float(metrics[primary])
+            if distributed:
+                value = _broadcast_floats([value], device)[0]
+            if state["best_metric"] is None or value > state["best_metric"]:
+                state.update(best_metric=value, best_epoch=epoch, bad_evals=0)
+                if is_main:
+                    _atomic_save(_unwrap(model).state_dict(), best_path, metadata={"epoch": str(epoch)})
+            else:
+                state["bad_evals"] += 1
+            if writer is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k.startswith("valid/"):
+                        writer.add_scalar(k, v, epoch)
+            if cfg.patience is not None and state["bad_evals"] >= cfg.patience:
+                state["stopped"] = stop_reason = "early_stopped"
+        if out_of_time:
+            state["stopped"] = stop_reason = "time_budget"
+        record["best/" + primary] = state["best_metric"]
+        record["best/epoch"] = state["best_epoch"]
+        history.append(record)
+        if is_main:
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if out_of_time:
+            # a partial epoch is not checkpointed: a resume re-runs it from the last full epoch
+            log.info("time budget of %.1f min reached in epoch %d", cfg.max_minutes, epoch)
+            break
+        state["epoch"] = epoch
+        state["train_seconds"] += time.perf_counter() - start
+        start = time.perf_counter()
+        if is_main:
+            save_checkpoint(ckpt_path, model, opt, generator, state)
+        if is_main:
+            log.info("epoch %d: loss %.4f, %s %s", epoch, record["train/loss"], primary, record.get(f"valid/{primary}"))
+
+    if writer is not None:
+        writer.close()
+    if distributed:
+        torch.distributed.barrier()
+    if restore_best and best_path.exists():
+        from safetensors.torch import load_file
+
+        _unwrap(model).load_state_dict(load_file(str(best_path), device=str(device)))
+    total = state["train_seconds"] + (time.perf_counter() - start)
+    return FitResult(
+        best_metric=state["best_metric"],
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epoch"],
+        stop_reason=stop_reason,
+        seconds=total,
+        history=history,
+        best_weights=best_path if best_path.exists() else None,
+    )
