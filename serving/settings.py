@@ -1,0 +1,52 @@
+"""Typed settings of the scoring service (YAML via `recsys.config.load_yaml`, or built in code).
+
+Secrets are not written in YAML: the bearer token comes from `token` or, when that is empty, the
+environment variable named by `token_env` (default RECSYS_SERVING_TOKEN).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from recsys.config import StrictModel
+
+TOKEN_ENV = "RECSYS_SERVING_TOKEN"
+
+
+class BatchSettings(StrictModel):
+    """Micro-batching of concurrent score requests: a batch closes when it holds `max_batch`
+    requests or the oldest has waited `max_wait_ms`; at most `max_queue` requests wait (then 503)."""
+
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(1024, ge=1)
+
+
+class ServingSettings(StrictModel):
+    """Everything `create_app` needs. Model directories are run directories (recsys.experiment)."""
+
+    ctr_model_dir: Path | None = None
+    retrieval_model_dir: Path | None = None
+    store: str = "sqlite:serving_state.sqlite3"  # sqlite:PATH or redis://host:port/db
+    bootstrap_build_dir: Path | None = None  # load sequences.parquet into an empty store at start-up
+    max_history: int = Field(10_000, ge=1)  # events kept per user (oldest evicted)
+    max_candidates: int = Field(2_048, ge=1)
+    max_events_per_request: int = Field(1_000, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_k: int = Field(500, ge=1)
+    retrieval_pool: int = Field(200, ge=1)  # faiss candidates re-ranked by the CTR model
+    state_cache_users: int = Field(10_000, ge=0)  # in-process LRU of per-user model states
+    token: str | None = None
+    token_env: str = TOKEN_ENV
+    require_token_for_reads: bool = False
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+
+    def resolved_token(self) -> str | None:
+        """The bearer token from config, else from the environment; None disables auth."""
+        if self.token:
+            return self.token
+        value = os.environ.get(self.token_env, "")
+        return value or None

@@ -1,0 +1,136 @@
+"""The user-state store interface.
+
+A store keeps, per raw user id,
+- the event log: the most recent `max_history` behaviours (raw item id, raw category id or -1,
+  timestamp) in arrival order, plus `seq` = the number of events ever appended (monotonic; the
+  event log holds seq `seq-len+1 .. seq`);
+- idempotency keys: every `event_id` ever acknowledged, so a retried event is not stored twice;
+- model state blobs: the serialised per-user model state (SDIM bucket tables, DARE/TWIN keys) for a
+  model version, tagged with the `seq` it reflects, so replicas share it and nobody re-encodes a
+  long history after a restart.
+
+`append` returns only after the events are durable (SQLite: committed with synchronous=FULL;
+Redis: as durable as the server's AOF setting - run it with `appendfsync always`).
+Raw ids are stored (not dense ids) so the log outlives any model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NO_CATEGORY = -1
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: int
+    item_id: int
+    timestamp: int
+    category_id: int = NO_CATEGORY
+    event_type: str | None = None
+
+
+@dataclass
+class History:
+    """A user's retained events, oldest first; `seq` counts every event ever appended."""
+
+    items: np.ndarray  # [L] int64 raw item ids
+    categories: np.ndarray  # [L] int64 raw category ids, -1 when none
+    timestamps: np.ndarray  # [L] int64
+    seq: int = 0
+
+    def __len__(self) -> int:
+        return int(self.items.size)
+
+    @classmethod
+    def empty(cls) -> "History":
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z.copy(), z.copy(), 0)
+
+    def tail(self, since_seq: int) -> "History":
+        """Events with seq > since_seq (those not yet reflected in a state at since_seq)."""
+        n = max(0, min(len(self), self.seq - since_seq))
+        return History(self.items[len(self) - n :], self.categories[len(self) - n :], self.timestamps[len(self) - n :], self.seq)
+
+
+@dataclass
+class AppendResult:
+    """Per request: event ids newly stored and those already stored before (idempotent retries)."""
+
+    stored: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StateBlob:
+    """A serialised model state (safetensors bytes) for one user and model version at `seq`."""
+
+    seq: int
+    data: bytes
+
+
+class UserStore(abc.ABC):
+    """Durable user event log + shared model-state cache. Methods are blocking (call them from a
+    worker thread in async code); implementations are thread-safe."""
+
+    max_history: int
+
+    @abc.abstractmethod
+    def append(self, events: list[Event]) -> AppendResult:
+        """Store events durably, skipping event ids already stored; returns after fsync."""
+
+    @abc.abstractmethod
+    def history(self, user_id: int, max_len: int | None = None) -> History:
+        """The user's most recent `max_len` (default all retained) events; empty for unknown users."""
+
+    @abc.abstractmethod
+    def history_since(self, user_id: int, since_seq: int) -> History:
+        """Retained events with seq > since_seq (the catch-up for a cached state at since_seq)."""
+
+    @abc.abstractmethod
+    def seq(self, user_id: int) -> int:
+        """Number of events ever appended for the user (0 = unknown user)."""
+
+    @abc.abstractmethod
+    def has_event(self, event_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def bulk_load(self, user_id: int, items: np.ndarray, categories: np.ndarray, timestamps: np.ndarray) -> bool:
+        """Load a bootstrap history for a user with no events yet (no event ids); False if the user
+        already had events (nothing changed)."""
+
+    @abc.abstractmethod
+    def get_state(self, user_id: int, model_key: str) -> StateBlob | None: ...
+
+    @abc.abstractmethod
+    def put_state(self, user_id: int, model_key: str, blob: StateBlob) -> None:
+        """Keep the blob unless a blob with a higher seq is already stored."""
+
+    @abc.abstractmethod
+    def num_users(self) -> int: ...
+
+    @abc.abstractmethod
+    def ping(self) -> bool: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def open_store(url: str, max_history: int = 10_000) -> UserStore:
+    """`sqlite:PATH` (embedded default) or `redis://host:port/db`."""
+    if url.startswith("sqlite:"):
+        from serving.store.sqlite import SQLiteStore
+
+        path = url[len("sqlite:") :]
+        if not path:
+            raise ValueError("store: sqlite URL needs a path, e.g. sqlite:state.sqlite3")
+        return SQLiteStore(path, max_history=max_history)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from serving.store.redis import RedisStore
+
+        return RedisStore(url, max_history=max_history)
+    raise ValueError(f"store: unsupported URL {url!r} (use sqlite:PATH or redis://host:port/db)")

@@ -1,0 +1,128 @@
+"""Redis store for several replicas (redis-py). Each user's retained history is one string of
+fixed 24-byte records (item, category, timestamp as little-endian int64), so a 10,000-event
+history is one GET and one `np.frombuffer`. Appends are one Lua script per request: dedupe on
+event id (SET NX), append, bump seq, evict beyond `max_history` - atomic on the server.
+
+Durability of acknowledged events is the server's: run redis-server with `appendonly yes` and
+`appendfsync always` (the tests do) so a reply means the AOF was fsync'ed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import redis
+
+from serving.store.base import AppendResult, Event, History, StateBlob, UserStore
+
+RECORD = np.dtype([("item", "<i8"), ("cat", "<i8"), ("ts", "<i8")])  # 24 bytes
+
+_APPEND = """
+local p = ARGV[1]; local cap = tonumber(ARGV[2]) * 24; local n = tonumber(ARGV[3])
+local out = {}; local touched = {}
+for i = 0, n - 1 do
+  local eid = ARGV[4 + 4 * i]; local uid = ARGV[5 + 4 * i]; local rec = ARGV[6 + 4 * i]; local et = ARGV[7 + 4 * i]
+  if redis.call('SET', p .. 'e:' .. eid, et, 'NX') then
+    redis.call('APPEND', p .. 'h:' .. uid, rec)
+    redis.call('INCR', p .. 's:' .. uid)
+    redis.call('SADD', p .. 'users', uid)
+    touched[uid] = true
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+for uid, _ in pairs(touched) do
+  local k = p .. 'h:' .. uid
+  local len = redis.call('STRLEN', k)
+  if len > cap then redis.call('SET', k, string.sub(redis.call('GET', k), len - cap + 1)) end
+end
+return out
+"""
+
+_BULK = """
+local p = ARGV[1]; local uid = ARGV[2]
+if redis.call('EXISTS', p .. 's:' .. uid) == 1 then return 0 end
+redis.call('SET', p .. 'h:' .. uid, ARGV[3]); redis.call('SET', p .. 's:' .. uid, ARGV[4])
+redis.call('SADD', p .. 'users', uid)
+return 1
+"""
+
+_PUT_STATE = """
+local cur = redis.call('HGET', KEYS[1], 'seq')
+if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'data', ARGV[2]); return 1
+end
+return 0
+"""
+
+
+class RedisStore(UserStore):
+    def __init__(self, url: str, max_history: int = 10_000, prefix: str = "recsys:") -> None:
+        self.max_history = max_history
+        self.prefix = prefix
+        self._r = redis.Redis.from_url(url, socket_timeout=30.0)
+        self._append = self._r.register_script(_APPEND)
+        self._bulk = self._r.register_script(_BULK)
+        self._put_state = self._r.register_script(_PUT_STATE)
+
+    def append(self, events: list[Event]) -> AppendResult:
+        result = AppendResult()
+        if not events:
+            return result
+        args: list[bytes | str | int] = [self.prefix, self.max_history, len(events)]
+        for ev in events:
+            rec = np.array([(ev.item_id, ev.category_id, ev.timestamp)], dtype=RECORD).tobytes()
+            args += [ev.event_id, ev.user_id, rec, ev.event_type or ""]
+        flags = self._append(args=args)
+        for ev, flag in zip(events, flags):
+            (result.stored if int(flag) == 1 else result.duplicates).append(ev.event_id)
+        return result
+
+    def bulk_load(self, user_id: int, items: np.ndarray, categories: np.ndarray, timestamps: np.ndarray) -> bool:
+        recs = np.empty(np.asarray(items).size, dtype=RECORD)
+        recs["item"], recs["cat"], recs["ts"] = items, categories, timestamps
+        total = recs.size
+        return int(self._bulk(args=[self.prefix, user_id, recs[-self.max_history :].tobytes(), total])) == 1
+
+    def _read(self, user_id: int) -> tuple[int, np.ndarray]:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.get(f"{self.prefix}s:{user_id}")
+        pipe.get(f"{self.prefix}h:{user_id}")
+        seq, blob = pipe.execute()
+        return (int(seq) if seq else 0), np.frombuffer(blob or b"", dtype=RECORD)
+
+    @staticmethod
+    def _history(recs: np.ndarray, seq: int) -> History:
+        return History(recs["item"].copy(), recs["cat"].copy(), recs["ts"].copy(), seq)
+
+    def history(self, user_id: int, max_len: int | None = None) -> History:
+        seq, recs = self._read(user_id)
+        return self._history(recs if max_len is None else recs[max(0, recs.size - max_len) :], seq)
+
+    def history_since(self, user_id: int, since_seq: int) -> History:
+        seq, recs = self._read(user_id)
+        n = max(0, min(recs.size, seq - since_seq))
+        return self._history(recs[recs.size - n :], seq)
+
+    def seq(self, user_id: int) -> int:
+        v = self._r.get(f"{self.prefix}s:{user_id}")
+        return int(v) if v else 0
+
+    def has_event(self, event_id: str) -> bool:
+        return bool(self._r.exists(f"{self.prefix}e:{event_id}"))
+
+    def get_state(self, user_id: int, model_key: str) -> StateBlob | None:
+        seq, data = self._r.hmget(f"{self.prefix}st:{user_id}:{model_key}", ["seq", "data"])
+        return StateBlob(int(seq), bytes(data)) if seq is not None and data is not None else None
+
+    def put_state(self, user_id: int, model_key: str, blob: StateBlob) -> None:
+        self._put_state(keys=[f"{self.prefix}st:{user_id}:{model_key}"], args=[blob.seq, blob.data])
+
+    def num_users(self) -> int:
+        return int(self._r.scard(f"{self.prefix}users"))
+
+    def ping(self) -> bool:
+        return bool(self._r.ping())
+
+    def close(self) -> None:
+        self._r.close()

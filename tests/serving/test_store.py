@@ -1,0 +1,93 @@
+"""One store test suite, run against both backends (SQLite file, real redis-server)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.store import Event, StateBlob, UserStore, open_store
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> UserStore:
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:{tmp_path / 'state.sqlite3'}", max_history=5)
+    else:
+        from serving.store.redis import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, max_history=5, prefix=f"t{uuid.uuid4().hex}:")  # isolated key space per test
+    yield s
+    s.close()
+
+
+def ev(eid: str, user: int, item: int, ts: int = 0, cat: int = -1) -> Event:
+    return Event(event_id=eid, user_id=user, item_id=item, timestamp=ts, category_id=cat)
+
+
+def test_append_and_read_in_order(store: UserStore) -> None:
+    res = store.append([ev("a", 1, 10, 100, 7), ev("b", 1, 11, 101), ev("c", 2, 20, 5)])
+    assert res.stored == ["a", "b", "c"] and res.duplicates == []
+    h = store.history(1)
+    assert h.items.tolist() == [10, 11] and h.categories.tolist() == [7, -1] and h.timestamps.tolist() == [100, 101]
+    assert h.seq == 2 and store.seq(2) == 1 and store.num_users() == 2
+
+
+def test_idempotent_on_event_id(store: UserStore) -> None:
+    store.append([ev("a", 1, 10)])
+    res = store.append([ev("a", 1, 10), ev("b", 1, 11), ev("b", 1, 11)])
+    assert res.stored == ["b"] and res.duplicates == ["a", "b"]
+    assert store.history(1).items.tolist() == [10, 11] and store.seq(1) == 2
+    assert store.has_event("a") and not store.has_event("zz")
+
+
+def test_history_capped_and_since(store: UserStore) -> None:
+    store.append([ev(f"e{i}", 3, 100 + i) for i in range(8)])
+    h = store.history(3)
+    assert h.items.tolist() == [103, 104, 105, 106, 107] and h.seq == 8  # oldest evicted, max_history=5
+    assert store.history(3, max_len=2).items.tolist() == [106, 107]
+    assert store.history_since(3, 6).items.tolist() == [106, 107]
+    assert store.history_since(3, 8).items.tolist() == []
+    assert store.history_since(3, 0).items.tolist() == [103, 104, 105, 106, 107]  # evicted ones are gone
+
+
+def test_unknown_user_is_empty(store: UserStore) -> None:
+    h = store.history(999)
+    assert len(h) == 0 and h.seq == 0 and store.seq(999) == 0
+
+
+def test_bulk_load_only_into_empty_user(store: UserStore) -> None:
+    items = np.arange(1, 8)
+    assert store.bulk_load(4, items, np.full(7, 2), np.arange(7) * 10)
+    h = store.history(4)
+    assert h.items.tolist() == [3, 4, 5, 6, 7] and h.seq == 7 and h.categories.tolist() == [2] * 5
+    assert not store.bulk_load(4, np.array([1]), np.array([1]), np.array([1]))
+    store.append([ev("x", 4, 50)])
+    assert store.history(4).items.tolist() == [4, 5, 6, 7, 50] and store.seq(4) == 8
+
+
+def test_state_blobs_keep_newest(store: UserStore) -> None:
+    assert store.get_state(1, "m1") is None
+    store.put_state(1, "m1", StateBlob(3, b"\x00three"))
+    store.put_state(1, "m1", StateBlob(2, b"older"))
+    assert store.get_state(1, "m1") == StateBlob(3, b"\x00three")
+    store.put_state(1, "m1", StateBlob(4, b"four"))
+    assert store.get_state(1, "m1") == StateBlob(4, b"four")
+    assert store.get_state(1, "m2") is None
+
+
+def test_concurrent_appends_lose_nothing(store: UserStore) -> None:
+    def worker(t: int) -> None:
+        for i in range(20):
+            store.append([ev(f"{t}-{i}", 7, t * 100 + i), ev(f"{t}-{i}", 7, t * 100 + i)])
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert store.seq(7) == 80 and len(store.history(7)) == 5
