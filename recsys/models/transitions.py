@@ -1,0 +1,132 @@
+"""TED's teacher: the directed item->item transition graph and the KD loss (ALGORITHMS.md §2.3).
+
+A[i, j] = number of times item j follows item i exactly k steps later (k = 1..time_span), counted
+on the TRAINING part of each sequence truncated to its last max_len items. Stored as CSR arrays
+over rows 0..N (row 0 = padding, empty): `indptr` [N+2], `indices` [nnz] (item ids 1..N, sorted
+per row), `counts` [nnz]. Never a dense |I|x|I| matrix.
+
+Teacher of item i: p_i = softmax(z_i) over items 1..N with z_i[j] = A[i,j] / max_j A[i,j] / τ
+(z = 0 off the row's support; a row with no successor gives the uniform teacher).
+Because z is 0 except on the support S_i, the KD cross-entropy has a closed form that needs only
+the support:  -Σ_j p_j log q_j = logsumexp(s) - Σ_j p_j s_j  and
+Σ_j p_j s_j = [Σ_{j∈S} (e^{z_j} - 1) s_j + Σ_all s_j] / Z,  Z = Σ_{j∈S} e^{z_j} + (N - |S|),
+computed with a shift by max z for stability. Σ_all s_j = u·(Σ_j E_j)/τ costs one dot product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recsys.data.sequences import JaggedSequences
+
+
+@dataclass(frozen=True)
+class TransitionGraph:
+    num_items: int
+    indptr: torch.Tensor  # [N+2] int64, rows 0..N
+    indices: torch.Tensor  # [nnz] int64, successor item ids (1..N), sorted within a row
+    counts: torch.Tensor  # [nnz] float32
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.numel())
+
+    @classmethod
+    def from_sequences(cls, seqs: JaggedSequences, train_ends: np.ndarray, max_len: int,
+                       time_span: int = 1, num_items: int | None = None) -> "TransitionGraph":
+        """Count transitions on items[offsets[r] + max(0, e_r - max_len) : offsets[r] + e_r] per row r,
+        where e_r = train_ends[r] is the exclusive end of row r's training part (vectorised)."""
+        if num_items is None:
+            raise ValueError("num_items is required (number of real items; ids are 1..num_items)")
+        train_ends = np.asarray(train_ends, dtype=np.int64)
+        lengths = seqs.lengths
+        if train_ends.shape != (seqs.num_users,):
+            raise ValueError(f"train_ends must have shape ({seqs.num_users},), got {train_ends.shape}")
+        if (train_ends < 0).any() or (train_ends > lengths).any():
+            bad = int(np.flatnonzero((train_ends < 0) | (train_ends > lengths))[0])
+            raise ValueError(f"train_ends[{bad}]={train_ends[bad]} outside [0, {lengths[bad]}] (row length)")
+        if max_len < 1 or time_span < 1:
+            raise ValueError(f"max_len and time_span must be >= 1, got {max_len}, {time_span}")
+        starts = seqs.offsets[:-1] + np.maximum(train_ends - max_len, 0)  # [U] global
+        ends = seqs.offsets[:-1] + train_ends  # [U] global, exclusive
+        span = ends - starts
+        # global positions of every kept item, and the global end of its row
+        row = np.repeat(np.arange(seqs.num_users), span)
+        local = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
+        gpos = starts[row] + local
+        kept = seqs.items[gpos]
+        if kept.size and (kept.min() < 1 or kept.max() > num_items):
+            raise ValueError(f"sequence items must be in 1..{num_items} (num_items), found {kept.min()}..{kept.max()}")
+        src_l, dst_l = [], []
+        for k in range(1, time_span + 1):
+            ok = gpos + k < ends[row]
+            src_l.append(seqs.items[gpos[ok]])
+            dst_l.append(seqs.items[gpos[ok] + k])
+        src = np.concatenate(src_l) if src_l else np.zeros(0, np.int64)
+        dst = np.concatenate(dst_l) if dst_l else np.zeros(0, np.int64)
+        key, cnt = np.unique(src * (num_items + 1) + dst, return_counts=True)  # sorted by (src, dst)
+        rows, cols = key // (num_items + 1), key % (num_items + 1)
+        indptr = np.zeros(num_items + 2, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=num_items + 1), out=indptr[1:])
+        return cls(num_items, torch.from_numpy(indptr), torch.from_numpy(cols.astype(np.int64)),
+                   torch.from_numpy(cnt.astype(np.float32)))
+
+    def to(self, device: torch.device | str) -> "TransitionGraph":
+        return TransitionGraph(self.num_items, self.indptr.to(device), self.indices.to(device), self.counts.to(device))
+
+    def gather_rows(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """items [R] -> (row [P], col [P], count [P]): the nonzeros of A[items[r], :] as (r, j, A) triples."""
+        items = items.to(self.indptr.device)
+        start, stop = self.indptr[items], self.indptr[items + 1]  # [R]
+        deg = stop - start
+        row = torch.repeat_interleave(torch.arange(items.numel(), device=items.device), deg)  # [P]
+        first = torch.cumsum(deg, 0) - deg
+        flat = start[row] + torch.arange(row.numel(), device=items.device) - first[row]  # [P]
+        return row, self.indices[flat], self.counts[flat]
+
+    def teacher_logits_sparse(self, items: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, col, z): the teacher logits z = A / rowmax(A) / τ on the support of each row."""
+        row, col, cnt = self.gather_rows(items)
+        rowmax = torch.zeros(items.numel(), dtype=cnt.dtype, device=cnt.device).scatter_reduce(
+            0, row, cnt, reduce="amax", include_self=True)
+        return row, col, cnt / rowmax[row] / tau
+
+    def teacher_probs(self, items: torch.Tensor, tau: float) -> torch.Tensor:
+        """Dense teacher rows [R, N] over items 1..N (column j-1 = item j). For tests and small R only."""
+        row, col, z = self.teacher_logits_sparse(items, tau)
+        logits = torch.zeros(items.numel(), self.num_items, dtype=torch.float64, device=z.device)
+        logits[row, col - 1] = z.double()
+        return torch.softmax(logits, dim=1)
+
+
+def ted_kd_loss(graph: TransitionGraph, items: torch.Tensor, student: torch.Tensor,
+                table: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean over the R rows of -Σ_j p_{items[r]}[j] log q_r[j], q_r = softmax(student[r] · table^T / τ).
+
+    items [R] (ids 1..N, one per non-pad occurrence), student [R,d] (√d·Dropout(E[items])),
+    table [N,d] (items 1..N, no padding row). Teacher used only on its sparse support.
+    """
+    n_items = table.shape[0]
+    if n_items != graph.num_items:
+        raise ValueError(f"item table has {n_items} items but the transition graph {graph.num_items}")
+    s = student @ table.T / tau  # [R,N] student logits
+    lse = torch.logsumexp(s, dim=1)  # [R]
+    s_all = student @ table.sum(0) / tau  # [R] Σ_j s_rj
+    row, col, z = graph.teacher_logits_sparse(items, tau)
+    R = items.numel()
+    has = torch.zeros(R, dtype=torch.bool, device=s.device).index_fill_(0, row.to(s.device), True)
+    m = torch.where(has, torch.full((R,), 1.0 / tau, device=s.device), torch.zeros(R, device=s.device)).double()
+    z = z.to(s.device).double()
+    row = row.to(s.device)
+    e = torch.exp(z - m[row])  # e^{z-m} on the support
+    deg = torch.bincount(row, minlength=R).double()
+    zsum = torch.zeros(R, dtype=torch.float64, device=s.device).index_add_(0, row, e)
+    Z = zsum + (n_items - deg) * torch.exp(-m)  # Z·e^{-m}
+    w = ((e - torch.exp(-m[row])) / Z[row]).to(s.dtype)  # (e^z - 1)/Z on the support
+    base = (torch.exp(-m) / Z).to(s.dtype)  # 1/Z
+    supp = torch.zeros(R, dtype=s.dtype, device=s.device).index_add_(0, row, w * s[row, col.to(s.device) - 1])
+    expected = supp + base * s_all  # Σ_j p_j s_j
+    return (lse - expected).mean()
