@@ -1,0 +1,260 @@
+"""Next-item task (SASRec, MQSA-TED) on a build directory: vectorised batches with on-the-fly
+negatives, and full-ranking / sampled-100 evaluation (ALGORITHMS.md §1.3-1.4, DESIGN.md).
+
+Split (leave-one-out by position, recsys/data/schema.py): for a user with >= 3 items,
+items[:-2] is train, items[-2] validation, items[-1] test; a user with fewer items keeps all of
+them in train and is not evaluated. A user trains when the train part has >= 2 items (at least one
+next-item target), as in the official code.
+
+Training batch of B users (no per-sample Python loop):
+    seq [B,n] = last n train items before the last one (left-padded), pos [B,n] = the next item
+    at each non-pad position of seq (0 elsewhere), neg [B,n,K] = uniform over items not in the
+    user's train set (vectorised rejection sampling, membership by searchsorted on the sorted
+    keys row*(N+1)+item), 0 where pos is 0; for loss kind "sampled_softmax": shared_neg [M] drawn
+    from the train-item frequency distribution and shared_neg_logq [M] = log Q(item).
+    All randomness comes from the passed torch.Generator.
+
+Evaluation (model in eval mode, no grad), batches of users, user vector u = model.user_embedding
+of the last n items before the target (valid: before items[-2]; test: before items[-1], i.e. the
+validation item is part of the test input):
+    full        scores u·E over all N items [B,N+1], padding column and the user's history
+                (valid: items[:-2]; test: items[:-1]) set to -inf, EXCEPT the target item itself
+                when it also occurs in the history (repeat consumption is not made unrankable).
+    sampled100  the target + the user's 100 persisted negatives (eval_negatives.parquet).
+    Rank with the pessimistic tie rule (recsys/metrics.py); HR/NDCG/MRR@5/10/20.
+Keys: "full/ndcg@10", "sampled100/hr@10", ..., plus "num_users".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from recsys.data import schema
+from recsys.data.sequences import JaggedSequences
+from recsys.losses import LossConfig
+from recsys.metrics import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
+from recsys.tasks.base import Batch
+
+PROTOCOLS = {
+    "full": "full ranking over all items, user's history excluded, leave-one-out",
+    "sampled100": "true item + 100 persisted negatives the user never interacted with, leave-one-out",
+}
+
+
+def _num_items(build_dir: Path) -> int:
+    path = build_dir / schema.VOCAB_DIR / schema.ITEMS_VOCAB
+    if not path.is_file():
+        raise FileNotFoundError(f"item vocabulary not found: {path} (is {build_dir} a build directory?)")
+    return int(pq.read_metadata(str(path)).num_rows)
+
+
+class NextItemTask:
+    """TrainTask for next-item models (see module doc)."""
+
+    primary_metric = "full/ndcg@10"
+
+    def __init__(
+        self,
+        build_dir: str | Path,
+        max_len: int,
+        loss_cfg: LossConfig | None = None,
+        *,
+        eval_batch_size: int = 256,
+        valid_max_users: int | None = None,
+        ks: tuple[int, ...] = DEFAULT_KS,
+        shared_negatives: Literal["popularity", "uniform"] = "popularity",
+        rank: int = 0,
+        world_size: int = 1,
+        sequences: JaggedSequences | None = None,
+    ) -> None:
+        self.build_dir = Path(build_dir)
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.max_len = max_len
+        self.loss_cfg = loss_cfg or LossConfig()
+        self.eval_batch_size = eval_batch_size
+        self.valid_max_users = valid_max_users
+        self.ks = tuple(ks)
+        self.shared_negatives = shared_negatives
+        self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir)
+        self.num_items = _num_items(self.build_dir)
+        seqs = self.seqs
+        if seqs.items.size and (seqs.items.min() < 1 or seqs.items.max() > self.num_items):
+            raise ValueError(
+                f"sequences.parquet: items must be dense ids 1..{self.num_items} (vocab size), "
+                f"found {seqs.items.min()}..{seqs.items.max()}"
+            )
+        lengths = seqs.lengths
+        #: exclusive end of each row's train part: len-2 for evaluated users, len otherwise
+        self.train_ends = np.where(lengths >= 3, lengths - 2, lengths).astype(np.int64)
+        train_rows = np.flatnonzero(self.train_ends >= 2)
+        self.train_rows = train_rows[rank::world_size]  # this worker's shard
+        self.eval_rows = np.flatnonzero(lengths >= 3)
+
+        # sorted membership keys row*(N+1)+item of every (row, train item)
+        n1 = self.num_items + 1
+        flat_row = np.repeat(np.arange(seqs.num_users, dtype=np.int64), lengths)
+        in_row = np.arange(seqs.items.size, dtype=np.int64) - seqs.offsets[flat_row]
+        in_train = in_row < self.train_ends[flat_row]
+        self._train_keys = torch.from_numpy(np.unique(flat_row[in_train] * n1 + seqs.items[in_train]))
+        counts = np.bincount(seqs.items[in_train], minlength=n1).astype(np.float64)
+        counts[0] = 0.0
+        self.item_counts = counts  # train-part frequency per item id (index 0 = padding)
+        self._negatives: np.ndarray | None = None
+
+    # ------------------------------------------------------------------------------ training
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self.train_rows) / batch_size)
+
+    def _in_train_set(self, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """rows [B] (broadcast against items [B,...]) -> bool mask: item in that row's train set."""
+        keys = rows.reshape(rows.shape + (1,) * (items.dim() - 1)) * (self.num_items + 1) + items
+        idx = torch.searchsorted(self._train_keys, keys).clamp_max(self._train_keys.numel() - 1)
+        return self._train_keys[idx] == keys
+
+    def sample_negatives(self, rows: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator,
+                         max_rounds: int = 1000) -> torch.Tensor:
+        """Uniform items in 1..N not in each row's train set, [B, *shape] (vectorised rejection)."""
+        neg = torch.randint(1, self.num_items + 1, (rows.numel(), *shape), generator=generator)
+        bad = self._in_train_set(rows, neg)
+        for _ in range(max_rounds):
+            n_bad = int(bad.sum())
+            if n_bad == 0:
+                return neg
+            neg[bad] = torch.randint(1, self.num_items + 1, (n_bad,), generator=generator)
+            bad = self._in_train_set(rows, neg)
+        raise RuntimeError(
+            f"negative sampling did not finish in {max_rounds} rounds: some user's train set covers almost "
+            f"all {self.num_items} items"
+        )
+
+    def make_batch(self, rows: np.ndarray, generator: torch.Generator) -> Batch:
+        ends = self.train_ends[rows]
+        seq = self.seqs.windows(rows, ends - 1, self.max_len)  # [B,n]
+        pos = self.seqs.windows(rows, ends, self.max_len)  # [B,n]
+        seq_t = torch.from_numpy(seq)
+        pos_t = torch.from_numpy(pos).masked_fill(seq_t == 0, 0)
+        batch: Batch = {"seq": seq_t, "pos": pos_t}
+        kind = self.loss_cfg.kind
+        if kind == "bce":
+            rows_t = torch.from_numpy(rows)
+            neg = self.sample_negatives(rows_t, (self.max_len, self.loss_cfg.num_negatives), generator)
+            batch["neg"] = neg.masked_fill((pos_t == 0).unsqueeze(-1), 0)  # [B,n,K]
+        elif kind == "sampled_softmax":
+            m = self.loss_cfg.num_negatives
+            if self.shared_negatives == "uniform":
+                shared = torch.randint(1, self.num_items + 1, (m,), generator=generator)
+                logq = torch.full((m,), -math.log(self.num_items))
+            else:
+                probs = torch.from_numpy(self.item_counts / self.item_counts.sum())
+                shared = torch.multinomial(probs, m, replacement=True, generator=generator)
+                logq = torch.log(probs[shared]).float()
+            batch["shared_neg"], batch["shared_neg_logq"] = shared, logq
+        return batch
+
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        order = torch.randperm(len(self.train_rows), generator=generator).numpy()
+        rows = self.train_rows[order]
+        for i in range(0, len(rows), batch_size):
+            yield self.make_batch(rows[i : i + batch_size], generator)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return model.training_loss(batch, self.loss_cfg)
+
+    # ------------------------------------------------------------------------------ evaluation
+
+    def eval_negatives(self) -> np.ndarray:
+        """[U, 100] persisted sampled-100 negatives per sequences row (-1 = none), read once."""
+        if self._negatives is None:
+            path = self.build_dir / schema.EVAL_NEGATIVES_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: the sampled-100 protocol needs it")
+            table = pq.read_table(str(path))
+            for col in (schema.USER, schema.NEGATIVES):
+                if col not in table.column_names:
+                    raise ValueError(f"{path}: missing column {col!r}")
+            users = table[schema.USER].to_numpy().astype(np.int64)
+            neg_seqs = JaggedSequences.from_table(table.rename_columns(
+                [schema.SEQ_ITEMS if c == schema.NEGATIVES else c for c in table.column_names]))
+            width = int(neg_seqs.lengths.max(initial=0))
+            lookup = self.seqs.row_of_user()
+            out = np.full((self.seqs.num_users, width), -1, dtype=np.int64)
+            known = users < lookup.size
+            rows = np.where(known, lookup[np.minimum(users, lookup.size - 1)], -1)
+            keep = rows >= 0
+            lens = neg_seqs.lengths
+            dense = neg_seqs.windows(np.arange(len(users)), lens, width, align="right_pad")
+            dense = np.where(np.arange(width)[None, :] < lens[:, None], dense, -1)
+            out[rows[keep]] = dense[keep]
+            has = np.zeros(self.seqs.num_users, dtype=bool)
+            has[rows[keep]] = lens[keep] > 0
+            missing = self.eval_rows[~has[self.eval_rows]]
+            if missing.size:
+                raise ValueError(
+                    f"{path}: no negatives for {missing.size} evaluated users (first user_id "
+                    f"{int(self.seqs.user_ids[missing[0]])})"
+                )
+            self._negatives = out
+        return self._negatives
+
+    def _rows_for(self, split: str) -> np.ndarray:
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        rows = self.eval_rows
+        if split == "valid" and self.valid_max_users is not None and rows.size > self.valid_max_users:
+            pick = np.random.default_rng(0).choice(rows.size, self.valid_max_users, replace=False)
+            rows = np.sort(rows[pick])  # fixed sample, independent of training randomness
+        return rows
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+                 ) -> dict[str, float]:
+        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test"."""
+        was_training = model.training
+        model.eval()
+        rows_all = self._rows_for(split)
+        if rows_all.size == 0:
+            raise ValueError(f"no users with >= 3 items in {self.build_dir}: nothing to evaluate")
+        device = next(model.parameters()).device
+        items_emb = model.item_embeddings()  # [N+1,d]
+        negatives = self.eval_negatives() if "sampled100" in protocols else None
+        lengths = self.seqs.lengths
+        shift = 2 if split == "valid" else 1  # target = items[-shift]
+        sums: dict[str, dict[str, float]] = {p: {} for p in protocols}
+        for i in range(0, rows_all.size, self.eval_batch_size):
+            rows = rows_all[i : i + self.eval_batch_size]
+            hist_len = lengths[rows] - shift  # [B] history = items[:hist_len]
+            target = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + hist_len]).to(device)  # [B]
+            seq = torch.from_numpy(self.seqs.windows(rows, hist_len, self.max_len)).to(device)
+            user = model.user_embedding(seq)  # [B,d]
+            if "full" in protocols:
+                scores = user @ items_emb.T  # [B,N+1]
+                scores[:, 0] = -torch.inf
+                b = np.repeat(np.arange(rows.size), hist_len)
+                flat = np.repeat(self.seqs.offsets[rows], hist_len) + (
+                    np.arange(hist_len.sum()) - np.repeat(np.cumsum(hist_len) - hist_len, hist_len))
+                hist_items = torch.from_numpy(self.seqs.items[flat]).to(device)
+                b_t = torch.from_numpy(b).to(device)
+                keep = hist_items != target[b_t]
+                scores[b_t[keep], hist_items[keep]] = -torch.inf
+                accumulate(sums["full"], metric_sums(rank_of_target(scores, target), self.ks))
+            if negatives is not None:
+                neg = torch.from_numpy(negatives[rows]).to(device)  # [B,100]
+                cand = torch.cat([target[:, None], neg.clamp_min(0)], dim=1)  # [B,101]
+                s = torch.einsum("bd,bcd->bc", user, items_emb[cand])
+                s = s.masked_fill(torch.cat([torch.zeros_like(target[:, None], dtype=torch.bool), neg < 0], 1),
+                                  -torch.inf)
+                accumulate(sums["sampled100"],
+                           metric_sums(rank_of_target(s, torch.zeros_like(target)), self.ks))
+        model.train(was_training)
+        out: dict[str, float] = {"num_users": float(rows_all.size)}
+        for proto, s in sums.items():
+            out.update({f"{proto}/{k}": v for k, v in finalize(s, int(rows_all.size)).items()})
+        return out
