@@ -1,0 +1,230 @@
+"""SDIM bucket table (BSE) build and candidate gather, forward and backward.
+
+Table build: one program per (signature, d-block, user); s varies fastest in the grid so the
+programs of one user run together and re-read its history from L2, not HBM. Each program streams
+the user's valid prefix in BLOCK_L chunks and accumulates `onehot(codes)^T @ history` with tl.dot:
+the [BLOCK_L, nb] one-hot lives in registers only (no [B,L,S] mask or [B,L,S,nb] one-hot in
+memory), accumulation is fp32, and the result is deterministic (no atomics). Work past
+lengths[b] is skipped entirely (ragged batches cost what their valid positions cost).
+
+Precision: bf16 history -> bf16 tl.dot (one-hot x bf16 products are exact, fp32 accumulate);
+fp32 history -> "tf32x3" on the GPU (near-fp32, tensor cores), fp32 IEEE under the interpreter
+(whose tl.dot on bf16 is wrong, so bf16 is upcast there).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton._common import check_cuda_or_interp, configs, interpreting, pow2
+
+EPS = 1e-12  # F.normalize's eps, as in the reference
+
+
+def _dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
+    """(upcast operands to fp32?, input_precision) for a one-hot tl.dot over `dtype` data."""
+    if interpreting():
+        return True, "ieee"
+    if dtype == torch.float32:
+        return True, "tf32x3"
+    return False, "ieee"
+
+
+@triton.autotune(
+    configs=configs(
+        [triton.Config({"BLOCK_L": bl}, num_warps=w, num_stages=st)
+         for bl in (64, 128) for w in (4, 8) for st in (2, 3)],
+        triton.Config({"BLOCK_L": 64}, num_warps=4)),
+    key=["L_BUCKET", "D", "S", "NB_P", "UPCAST"],
+)
+@triton.jit
+def _table_fwd_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, L_BUCKET, D, S, NB,
+                      NB_P: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                      PREC: tl.constexpr, BLOCK_L: tl.constexpr):
+    s = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L)
+    dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = dd < D
+    buckets = tl.arange(0, NB_P)
+    acc = tl.zeros((NB_P, BLOCK_D), dtype=tl.float32)
+    for l0 in range(0, n_valid, BLOCK_L):
+        ll = l0 + tl.arange(0, BLOCK_L)
+        lmask = ll < n_valid
+        code = tl.load(c_ptr + (b * L + ll) * S + s, mask=lmask, other=-1)
+        h = tl.load(h_ptr + (b * L + ll)[:, None] * D + dd[None, :],
+                    mask=lmask[:, None] & dmask[None, :], other=0.0)
+        hit = buckets[:, None] == code[None, :]                      # [NB_P, BLOCK_L] registers only
+        if UPCAST:
+            acc = tl.dot(hit.to(tl.float32), h.to(tl.float32), acc, input_precision=PREC)
+        else:
+            acc = tl.dot(hit.to(h.dtype), h, acc)
+    optr = out_ptr + ((b * S + s) * NB + buckets[:, None]) * D + dd[None, :]
+    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=(buckets[:, None] < NB) & dmask[None, :])
+
+
+@triton.autotune(
+    configs=configs(
+        [triton.Config({"BLOCK_L": bl}, num_warps=w) for bl in (32, 64, 128) for w in (4, 8)],
+        triton.Config({"BLOCK_L": 32}, num_warps=4)),
+    key=["L_BUCKET", "D", "S"],
+)
+@triton.jit
+def _table_bwd_kernel(g_ptr, c_ptr, len_ptr, out_ptr, L, L_BUCKET, D, S, NB,
+                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """grad_history[b,l] = sum_s grad_table[b, s, codes[b,l,s]] for l < length, else 0."""
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L)
+    ll = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = dd < D
+    valid = ll < n_valid
+    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    for s in range(0, S):
+        code = tl.load(c_ptr + (b * L + ll) * S + s, mask=valid, other=0)
+        g = tl.load(g_ptr + ((b * S + s) * NB + code)[:, None] * D + dd[None, :],
+                    mask=valid[:, None] & dmask[None, :], other=0.0)
+        acc += g.to(tl.float32)
+    tl.store(out_ptr + (b * L + ll)[:, None] * D + dd[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(ll < L)[:, None] & dmask[None, :])
+
+
+@triton.autotune(
+    configs=configs(
+        [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc in (16, 32, 64) for w in (2, 4)],
+        triton.Config({"BLOCK_C": 16}, num_warps=4)),
+    key=["C_BUCKET", "D", "S"],
+)
+@triton.jit
+def _gather_fwd_kernel(t_ptr, c_ptr, out_ptr, C, C_BUCKET, D, S, NB,
+                       BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[b,c] = mean_s normalize(table[b, s, codes[b,c,s]])."""
+    pid_c = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    dd = tl.arange(0, BLOCK_D)
+    cmask = cc < C
+    m2 = cmask[:, None] & (dd < D)[None, :]
+    acc = tl.zeros((BLOCK_C, BLOCK_D), dtype=tl.float32)
+    for s in range(0, S):
+        code = tl.load(c_ptr + (b * C + cc) * S + s, mask=cmask, other=0)
+        v = tl.load(t_ptr + ((b * S + s) * NB + code)[:, None] * D + dd[None, :], mask=m2, other=0.0)
+        v = v.to(tl.float32)
+        norm = tl.sqrt(tl.sum(v * v, axis=1))
+        acc += v / tl.maximum(norm, 1e-12)[:, None]
+    tl.store(out_ptr + (b * C + cc)[:, None] * D + dd[None, :], (acc / S).to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.autotune(
+    configs=configs(
+        [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc in (32, 64) for w in (4, 8)],
+        triton.Config({"BLOCK_C": 32}, num_warps=4)),
+    key=["C_BUCKET", "D", "S", "NB_P"],
+)
+@triton.jit
+def _gather_bwd_kernel(t_ptr, c_ptr, g_ptr, out_ptr, C, C_BUCKET, D, S, NB,
+                       NB_P: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """grad_table[b,s,j] = sum_{c: codes[b,c,s]=j} d normalize(v)/dv^T (grad_out[b,c]/S),
+    accumulated as onehot^T @ grad_v per (user, signature): deterministic, no atomics."""
+    s = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    dd = tl.arange(0, BLOCK_D)
+    dmask = dd < D
+    buckets = tl.arange(0, NB_P)
+    acc = tl.zeros((NB_P, BLOCK_D), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cc = c0 + tl.arange(0, BLOCK_C)
+        cmask = cc < C
+        m2 = cmask[:, None] & dmask[None, :]
+        code = tl.load(c_ptr + (b * C + cc) * S + s, mask=cmask, other=-1)
+        v = tl.load(t_ptr + ((b * S + s) * NB + tl.maximum(code, 0))[:, None] * D + dd[None, :],
+                    mask=m2, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + (b * C + cc)[:, None] * D + dd[None, :], mask=m2, other=0.0).to(tl.float32) / S
+        norm = tl.sqrt(tl.sum(v * v, axis=1))
+        big = norm > 1e-12
+        inv = 1.0 / tl.maximum(norm, 1e-12)
+        u = v * inv[:, None]
+        ug = tl.sum(u * g, axis=1)
+        gv = tl.where(big[:, None], (g - u * ug[:, None]) * inv[:, None], g * inv[:, None])
+        hit = buckets[:, None] == code[None, :]                       # [NB_P, BLOCK_C]
+        acc = tl.dot(hit.to(tl.float32), gv, acc, input_precision=PREC)
+    optr = out_ptr + ((b * S + s) * NB + buckets[:, None]) * D + dd[None, :]
+    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=(buckets[:, None] < NB) & dmask[None, :])
+
+
+def sdim_bucket_table_triton(history: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor,
+                             num_buckets: int) -> torch.Tensor:
+    """history [B,L,d], codes [B,L,S], lengths [B] -> [B,S,num_buckets,d] (history dtype)."""
+    check_cuda_or_interp(history, codes, lengths)
+    b, l, d = history.shape
+    s = codes.shape[2]
+    out = torch.empty((b, s, num_buckets, d), dtype=history.dtype, device=history.device)
+    if out.numel() == 0:
+        return out
+    if l == 0:
+        return out.zero_()
+    upcast, prec = _dot_mode(history.dtype)
+    block_d = min(pow2(d, 16), 64)
+    grid = (s, triton.cdiv(d, block_d), b)
+    _table_fwd_kernel[grid](history.contiguous(), codes.contiguous().to(torch.int64),
+                            lengths.contiguous().to(torch.int64), out, l, pow2(l), d, s, num_buckets,
+                            NB_P=pow2(num_buckets, 16), BLOCK_D=block_d, UPCAST=upcast, PREC=prec)
+    return out
+
+
+def sdim_bucket_table_backward_triton(grad_table: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor,
+                                      history_dtype: torch.dtype) -> torch.Tensor:
+    """grad_table [B,S,nb,d], codes [B,L,S], lengths [B] -> grad_history [B,L,d]."""
+    check_cuda_or_interp(grad_table, codes, lengths)
+    b, s, nb, d = grad_table.shape
+    l = codes.shape[1]
+    out = torch.empty((b, l, d), dtype=history_dtype, device=grad_table.device)
+    if out.numel() == 0:
+        return out
+    if s == 0:
+        return out.zero_()
+    block_d = min(pow2(d, 16), 64)
+    grid = lambda meta: (triton.cdiv(l, meta["BLOCK_L"]), triton.cdiv(d, block_d), b)  # noqa: E731
+    _table_bwd_kernel[grid](grad_table.contiguous(), codes.contiguous().to(torch.int64),
+                            lengths.contiguous().to(torch.int64), out, l, pow2(l), d, s, nb, BLOCK_D=block_d)
+    return out
+
+
+def sdim_gather_triton(table: torch.Tensor, candidate_codes: torch.Tensor) -> torch.Tensor:
+    """table [B,S,nb,d], candidate_codes [B,C,S] -> [B,C,d] (table dtype)."""
+    check_cuda_or_interp(table, candidate_codes)
+    b, s, nb, d = table.shape
+    c = candidate_codes.shape[1]
+    out = torch.empty((b, c, d), dtype=table.dtype, device=table.device)
+    if out.numel() == 0:
+        return out
+    if s == 0:
+        return out.fill_(float("nan"))  # mean over zero signatures, as torch's mean gives
+    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), b)  # noqa: E731
+    _gather_fwd_kernel[grid](table.contiguous(), candidate_codes.contiguous().to(torch.int64), out,
+                             c, pow2(c), d, s, nb, BLOCK_D=pow2(d, 16))
+    return out
+
+
+def sdim_gather_backward_triton(grad_out: torch.Tensor, table: torch.Tensor,
+                                candidate_codes: torch.Tensor) -> torch.Tensor:
+    """grad_out [B,C,d], table [B,S,nb,d], candidate_codes [B,C,S] -> grad_table [B,S,nb,d]."""
+    check_cuda_or_interp(grad_out, table, candidate_codes)
+    b, s, nb, d = table.shape
+    c = candidate_codes.shape[1]
+    out = torch.empty_like(table)
+    if out.numel() == 0:
+        return out
+    if c == 0:
+        return out.zero_()
+    _, prec = _dot_mode(torch.float32)
+    _gather_bwd_kernel[(s, b)](table.contiguous(), candidate_codes.contiguous().to(torch.int64),
+                               grad_out.contiguous(), out, c, pow2(c), d, s, nb,
+                               NB_P=pow2(nb, 16), BLOCK_D=pow2(d, 16), PREC=prec)
+    return out
