@@ -1,0 +1,94 @@
+"""SDIM (Cao et al., CIKM 2022): SimHash sampling for the long-term interest + short-term target
+attention, with the BSE serving split.
+
+- Long-term: frozen seeded projections (buffer, saved with the weights), m hashes in groups of
+  tau bits (paper online setting m = 48, tau = 3 -> 16 signatures x 8 buckets); per signature the
+  sum of the behaviour embeddings in the candidate's bucket, l2-normalised, mean over signatures.
+- Short-term: FuxiCTR's multi-head target attention over the `short_len` most recent behaviours
+  (16 on Taobao in the paper).
+- Head: [v_t, long, short] -> BN -> MLP -> 1, BCE.
+Behaviours are embedded as item ‖ category WITHOUT a position field: the bucket table must not
+change when the history grows, so that appending is add-new / subtract-evicted (BSE).
+State: `table` [S, 2^tau, d] plus the ids (needed only to subtract evicted behaviours and to
+read the recent window).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from attention.hashing import SimHashInterest
+from attention.target import MultiHeadTargetAttention
+from recsys.config import StrictModel
+from recsys.models.ctr_common import BehaviourEmbedding, CTRHead, CTRModel, append_history, init_normal_, recent_window
+
+
+class SDIMConfig(StrictModel):
+    name: Literal["sdim"] = "sdim"
+    item_dim: int = 16
+    cat_dim: int = 16
+    num_hashes: int = 48  # m
+    tau: int = 3  # bits per signature
+    hash_seed: int = 0
+    short_len: int = 16
+    attention_dim: int = 64
+    num_heads: int = 2
+    head_hidden: list[int] = [200, 80]
+    init_std: float = 0.01
+
+
+class SDIM(CTRModel):
+    def __init__(self, cfg: SDIMConfig, num_items: int, num_categories: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.emb = BehaviourEmbedding(num_items, num_categories, cfg.item_dim, cfg.cat_dim, pos_dim=0)
+        e = self.emb.dim
+        self.short = MultiHeadTargetAttention(e, cfg.attention_dim, cfg.num_heads)
+        self.head = CTRHead(3 * e, cfg.head_hidden)
+        init_normal_(self, cfg.init_std)
+        # created after init_normal_ so nothing touches the frozen projections
+        self.hashing = SimHashInterest(e, cfg.num_hashes, cfg.tau, cfg.hash_seed)
+
+    @classmethod
+    def from_config(cls, cfg: SDIMConfig, num_items: int, num_categories: int = 0) -> "SDIM":
+        return cls(cfg, num_items, num_categories)
+
+    def _short(self, vt: torch.Tensor, items: torch.Tensor, cats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """vt [B,C,E], right-padded histories [B,L] -> short-term interest [B,C,E]."""
+        ri, rc, rl = recent_window(items, cats, lengths, self.cfg.short_len)  # [B,n]
+        return self.short(vt, self.emb.semantic(ri, rc), rl)
+
+    def _logits(self, batch, with_aux):
+        items, cats, lengths = batch["hist_items"], batch["hist_cats"], batch["hist_lengths"]
+        h = self.emb.semantic(items, cats)  # [B,L,E]
+        vt = self.emb.target(batch["target_items"], batch["target_cats"])[:, None, :]  # [B,1,E]
+        long = self.hashing(h, lengths, vt)  # [B,1,E]
+        short = self._short(vt, items, cats, lengths)  # [B,1,E]
+        return self.head(torch.cat([vt, long, short], dim=-1)[:, 0]), None
+
+    # --- BSE serving split ----------------------------------------------------------------------
+    def encode_user(self, hist_items: torch.Tensor, hist_cats: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        items, cats = self._ids(hist_items, hist_cats)
+        lengths = torch.tensor([items.shape[0]], device=items.device)
+        table = self.hashing.table(self.emb.semantic(items, cats)[None], lengths)[0]  # [S,nb,E]
+        return {"table": table, "items": items.clone(), "cats": cats.clone()}
+
+    def append_to_state(self, state, items, cats, max_history: int):
+        items, cats = self._ids(items, cats)
+        old_i, old_c = state["items"], state["cats"]
+        new_i, new_c, ev = append_history(old_i, old_c, items, cats, max_history)
+        all_i, all_c = torch.cat([old_i, items]), torch.cat([old_c, cats])
+        added = self.emb.semantic(all_i[max(ev, old_i.shape[0]):], all_c[max(ev, old_i.shape[0]):])  # kept new rows
+        removed = self.emb.semantic(old_i[:ev], old_c[:ev])  # evicted old rows
+        table = self.hashing.update_table(state["table"], added, removed)
+        return {"table": table, "items": new_i, "cats": new_c}
+
+    def score_candidates(self, state, cand_items, cand_cats):
+        ci, cc = self._ids(cand_items, cand_cats)
+        vt = self.emb.target(ci, cc)[None]  # [1,C,E]
+        long = self.hashing.gather(state["table"][None], vt)  # [1,C,E]
+        lengths = torch.tensor([state["items"].shape[0]], device=ci.device)
+        short = self._short(vt, state["items"][None], state["cats"][None], lengths)  # [1,C,E]
+        return self.head(torch.cat([vt, long, short], dim=-1)[0])
