@@ -1,0 +1,76 @@
+"""Typed config of `recsys data build` (YAML, see configs/data/*.yaml).
+
+Paths may contain `{shared_data}` (recsys.settings.shared_data_dir(), i.e. $RECSYS_SHARED_DATA) and
+`{data_cache}` (recsys.settings.data_cache_dir(), i.e. $RECSYS_DATA_DIR) placeholders; they are
+resolved here, so no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+
+from recsys.config import StrictModel, load_yaml
+from recsys.data import schema
+from recsys.data.readers.base import SourceConfig
+from recsys.settings import data_cache_dir, shared_data_dir
+
+
+class CtrConfig(StrictModel):
+    """CTR sample settings (see recsys/data/ctr_samples.py for the exact positions)."""
+
+    mode: Literal["popularity_negatives", "label_column", "none"] = "popularity_negatives"
+    start: int = 3  # train targets at index T-k for k in range(start, stop, step)
+    stop: int = 94
+    step: int = 5
+    min_history: int = 1  # a target needs at least this many earlier events
+    negatives_per_positive: int = 2
+
+    @model_validator(mode="after")
+    def _check(self) -> "CtrConfig":
+        if self.start < 3:
+            raise ValueError("ctr.start must be >= 3 (indices T-1 and T-2 are test and valid targets)")
+        if self.step < 1 or self.stop <= self.start:
+            raise ValueError("ctr.step must be >= 1 and ctr.stop > ctr.start")
+        if self.min_history < 0 or self.negatives_per_positive < 1:
+            raise ValueError("ctr.min_history must be >= 0 and ctr.negatives_per_positive >= 1")
+        return self
+
+
+class BuildConfig(StrictModel):
+    name: str
+    source: SourceConfig
+    output_dir: str = "runs/{name}/build"
+    seed: int = 0
+    max_reject_fraction: float = 0.01
+    num_eval_negatives: int = schema.NUM_EVAL_NEGATIVES
+    ctr: CtrConfig = CtrConfig()
+    num_buckets: int = 8  # Ray path: users are hashed into this many buckets, each grouped locally
+
+    @model_validator(mode="after")
+    def _check(self) -> "BuildConfig":
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise ValueError("max_reject_fraction must be in [0, 1]")
+        if self.num_buckets < 1 or self.num_eval_negatives < 1:
+            raise ValueError("num_buckets and num_eval_negatives must be >= 1")
+        return self
+
+
+def resolve_path(path: str, name: str = "") -> Path:
+    """Expand {shared_data}, {data_cache} and {name} in a configured path."""
+    text = path.replace("{shared_data}", str(shared_data_dir())).replace("{data_cache}", str(data_cache_dir()))
+    return Path(text.replace("{name}", name)).expanduser()
+
+
+def resolved_source(cfg: BuildConfig) -> SourceConfig:
+    """The source with every path placeholder resolved."""
+    update = {"path": str(resolve_path(cfg.source.path, cfg.name))}
+    if cfg.source.times_path is not None:
+        update["times_path"] = str(resolve_path(cfg.source.times_path, cfg.name))
+    return cfg.source.model_copy(update=update)
+
+
+def load_build_config(path: str | Path) -> BuildConfig:
+    return load_yaml(path, BuildConfig)

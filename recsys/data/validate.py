@@ -1,0 +1,135 @@
+"""Validation: parsed source rows -> kept events + rejects, nothing dropped silently.
+
+Every parsed row ends either in the events (typed per recsys/data/schema.py, plus `line` and the
+input `order` used to break time ties) or in the rejects with exactly one reason, checked in this
+order:
+
+    malformed_line      wrong number of fields / unreadable record
+    non_integer_id      user_id, item_id or category_id missing or not an integer
+    null_timestamp      timestamp missing or not an integral number
+    negative_timestamp  timestamp < 0
+    bad_label           label present in the source but not a number (e.g. rating "abc")
+    duplicate           every event column equal to an earlier kept row (the first is kept)
+
+`read = kept + rejected` always holds (asserted). A required column missing from the source is an
+error naming it; a rejected fraction above `max_reject_fraction` is an error with the per-reason
+counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from recsys.data import schema
+from recsys.data.readers.base import ReadResult
+
+REASONS = ("malformed_line", "non_integer_id", "null_timestamp", "negative_timestamp", "bad_label", "duplicate")
+REJECTS_SCHEMA = {"reason": pl.String, "line": pl.Int64, "raw": pl.String}
+
+
+class RejectFractionError(ValueError):
+    """Too many input rows were rejected."""
+
+
+@dataclass
+class Validated:
+    events: pl.DataFrame  # event columns + line + order
+    rejects: pl.DataFrame  # reason, line, raw
+    read: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> int:
+        return self.events.height
+
+    @property
+    def rejected(self) -> int:
+        return self.rejects.height
+
+    def summary(self) -> dict:
+        return {"read": self.read, "kept": self.kept, "rejected": self.rejected, "rejects_by_reason": self.counts}
+
+
+def _int_id(col: str, dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.String:
+        return pl.col(col).str.strip_chars().cast(pl.Int64, strict=False)
+    if dtype.is_float():
+        c = pl.col(col)
+        return pl.when(c.is_finite() & (c.round(0) == c)).then(c.cast(pl.Int64, strict=False)).otherwise(None)
+    return pl.col(col).cast(pl.Int64, strict=False)
+
+
+def _int_time(dtype: pl.DataType) -> pl.Expr:
+    if dtype == pl.String:
+        s = pl.col(schema.TIME).str.strip_chars()
+        as_int = s.cast(pl.Int64, strict=False)
+        as_float = s.cast(pl.Float64, strict=False)
+        integral = as_float.is_finite() & (as_float.round(0) == as_float) & (as_float.abs() < 9.0e18)
+        return pl.coalesce(as_int, pl.when(integral).then(as_float.cast(pl.Int64, strict=False)))
+    return _int_id(schema.TIME, dtype)
+
+
+def validate(result: ReadResult, max_reject_fraction: float = 1.0, source: str = "<input>") -> Validated:
+    df = result.parsed
+    for col in schema.REQUIRED_EVENT_COLUMNS:
+        if col not in result.has_columns or col not in df.columns:
+            raise ValueError(f"{source}: missing required column {col!r}")
+    read = df.height
+    if read == 0:
+        raise ValueError(f"{source}: no input rows")
+    if "raw" not in df.columns:
+        parts = [pl.col(c).cast(pl.String).fill_null("null") for c in result.has_columns]
+        df = df.with_columns(pl.concat_str(parts, separator=",").alias("raw"))
+    if "malformed" not in df.columns:
+        df = df.with_columns(pl.lit(False).alias("malformed"))
+    df = df.with_row_index("order").with_columns(pl.col("order").cast(pl.Int64))
+
+    id_cols = [c for c in (schema.USER, schema.ITEM, schema.CATEGORY) if c in result.has_columns]
+    typed = [_int_id(c, df.schema[c]).alias(c) for c in id_cols]
+    typed.append(_int_time(df.schema[schema.TIME]).alias(schema.TIME))
+    label_bad = pl.lit(False)
+    if schema.LABEL in result.has_columns:
+        lab = pl.col(schema.LABEL)
+        lab_typed = _int_id(schema.LABEL, df.schema[schema.LABEL])
+        typed.append(lab_typed.cast(pl.Int8, strict=False).alias(schema.LABEL))
+        label_bad = lab_typed.is_null()
+        del lab
+    if schema.EVENT_TYPE in result.has_columns:
+        typed.append(pl.col(schema.EVENT_TYPE).cast(pl.String).str.strip_chars().alias(schema.EVENT_TYPE))
+    # label validity must be judged on the untyped column, so compute it before overwriting
+    df = df.with_columns(label_bad.alias("_label_bad")).with_columns(typed)
+
+    ids_bad = pl.any_horizontal([pl.col(c).is_null() for c in id_cols])
+    reason = (
+        pl.when(pl.col("malformed")).then(pl.lit("malformed_line"))
+        .when(ids_bad).then(pl.lit("non_integer_id"))
+        .when(pl.col(schema.TIME).is_null()).then(pl.lit("null_timestamp"))
+        .when(pl.col(schema.TIME) < 0).then(pl.lit("negative_timestamp"))
+        .when(pl.col("_label_bad")).then(pl.lit("bad_label"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    df = df.with_columns(reason.alias("reason"))
+    event_cols = [c for c in schema.REQUIRED_EVENT_COLUMNS + schema.OPTIONAL_EVENT_COLUMNS if c in result.has_columns]
+    ok = df.filter(pl.col("reason").is_null())
+    dup = ~pl.struct(event_cols).is_first_distinct()
+    ok = ok.with_columns(pl.when(dup).then(pl.lit("duplicate")).otherwise(None).alias("reason"))
+    rejects = pl.concat(
+        [df.filter(pl.col("reason").is_not_null()).select("order", *REJECTS_SCHEMA),
+         ok.filter(pl.col("reason").is_not_null()).select("order", *REJECTS_SCHEMA)]
+    ).sort("order").drop("order").cast(REJECTS_SCHEMA)
+    events = ok.filter(pl.col("reason").is_null()).select(*event_cols, "line", "order")
+    counts = {r: 0 for r in REASONS}
+    for r, n in rejects.group_by("reason").len().iter_rows():
+        counts[r] = int(n)
+    out = Validated(events=events, rejects=rejects, read=read, counts=counts)
+    assert out.read == out.kept + out.rejected, "row accounting broken"
+    frac = out.rejected / read
+    if frac > max_reject_fraction:
+        detail = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+        raise RejectFractionError(
+            f"{source}: rejected {out.rejected} of {read} rows ({frac:.2%}) > max_reject_fraction "
+            f"{max_reject_fraction:.2%} ({detail})"
+        )
+    return out
