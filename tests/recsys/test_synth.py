@@ -1,0 +1,154 @@
+"""The planted generator: a valid build directory, deterministic, long-tailed, and a planted truth
+that really holds (relevant positions = the target's cluster in the prefix; labels need both the
+deep long-term behaviours and the recent drift)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.data import schema
+from recsys.data.sequences import JaggedSequences
+from recsys.data.synth import PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, SynthConfig, configure_cli, generate, make_world
+from recsys.data.vocab import load_vocabularies
+
+SMALL = dict(num_users=600, num_categories=40, clusters_per_category=2, items_per_cluster=25, max_length=800,
+             length_median=250, chunk_users=250)
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Rank AUC with average ranks for ties (test-local oracle; sklearn is not installed)."""
+    _, inv, cnt = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(cnt) - (cnt - 1) / 2)[inv]
+    pos = labels == 1
+    p, n = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - p * (p + 1) / 2) / (p * n))
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(**SMALL, seed=3), out)
+    return out
+
+
+def test_build_directory_contract(build: Path) -> None:
+    vocabs = load_vocabularies(build)
+    cfg = SynthConfig(**SMALL, seed=3)
+    assert len(vocabs["items"]) == cfg.num_items and len(vocabs["categories"]) == cfg.num_categories
+    seqs = JaggedSequences.read(build)
+    assert seqs.num_users == cfg.num_users and np.all(np.diff(seqs.user_ids) > 0)
+    assert seqs.items.min() >= 1 and seqs.items.max() <= cfg.num_items
+    world = make_world(cfg)
+    np.testing.assert_array_equal(seqs.categories, world.category_of(seqs.items))
+    for r in range(0, seqs.num_users, 97):  # times increase within a user
+        t = seqs.times[seqs.offsets[r] : seqs.offsets[r + 1]]
+        assert np.all(np.diff(t) > 0)
+    samples = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    assert samples.column_names == [schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM, schema.CATEGORY,
+                                    schema.LABEL]
+    split = samples[schema.SPLIT].to_numpy(zero_copy_only=False)
+    assert {s: int((split == s).sum()) for s in ("train", "valid", "test")} == {"train": 4800, "valid": 1200,
+                                                                                 "test": 1200}
+    length = seqs.lengths[seqs.row_of_user()[samples[schema.USER].to_numpy()]]
+    offset = np.select([split == "train", split == "valid"], [2, 1], 0)
+    np.testing.assert_array_equal(samples[schema.PREFIX_LENGTH].to_numpy(), length - offset)
+    labels = samples[schema.LABEL].to_numpy()
+    assert 0.2 < labels.mean() < 0.6
+    neg = pq.read_table(build / schema.EVAL_NEGATIVES_FILE)
+    for r in range(0, seqs.num_users, 53):
+        n = np.asarray(neg[schema.NEGATIVES][r].as_py())
+        assert len(n) == schema.NUM_EVAL_NEGATIVES == len(set(n))
+        assert not np.isin(n, seqs.user_items(r)).any()
+    manifest = json.loads((build / schema.MANIFEST_FILE).read_text())
+    assert manifest["counts"]["events"] == len(seqs.items)
+    assert set(manifest["files"]) >= {schema.SEQUENCES_FILE, schema.CTR_SAMPLES_FILE, PLANTED_TRUTH_FILE}
+
+
+def test_deterministic_for_a_seed(build: Path, tmp_path: Path) -> None:
+    generate(SynthConfig(**SMALL, seed=3), tmp_path / "again")
+    generate(SynthConfig(**SMALL, seed=4), tmp_path / "other")
+    for name in (schema.SEQUENCES_FILE, schema.CTR_SAMPLES_FILE, PLANTED_TRUTH_FILE, schema.EVAL_NEGATIVES_FILE):
+        assert pq.read_table(build / name).equals(pq.read_table(tmp_path / "again" / name)), name
+    assert not pq.read_table(build / schema.SEQUENCES_FILE).equals(pq.read_table(tmp_path / "other" / schema.SEQUENCES_FILE))
+
+
+def test_long_tailed_lengths_reach_ten_thousand(tmp_path: Path) -> None:
+    cfg = SynthConfig(num_users=120, num_categories=100, clusters_per_category=2, items_per_cluster=70,
+                      length_median=2500, length_sigma=1.3, max_length=12_000, train_targets=1, valid_targets=0,
+                      test_targets=0)
+    m = generate(cfg, tmp_path)
+    st = m["length_stats"]
+    assert st["max"] >= 10_000 and st["max"] <= 12_000 and st["min"] >= cfg.min_length
+    assert st["mean"] > 1.3 * st["median"]  # right-skewed
+
+
+def test_relevant_positions_hold_the_planted_interest(build: Path) -> None:
+    cfg = SynthConfig(**SMALL, seed=3)
+    world = make_world(cfg)
+    seqs = JaggedSequences.read(build)
+    truth = pq.read_table(build / PLANTED_TRUTH_FILE)
+    samples = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    for col in (schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM):
+        assert truth[col].equals(samples[col])  # row-aligned with ctr_samples
+    lut = seqs.row_of_user()
+    kinds = truth["target_kind"].to_numpy(zero_copy_only=False)
+    rel_all = truth[RELEVANT_POSITIONS].to_pylist()
+    users, prefixes, targets = (truth[c].to_numpy() for c in (schema.USER, schema.PREFIX_LENGTH, schema.ITEM))
+    for i in range(0, len(rel_all), 7):
+        items = seqs.user_items(lut[users[i]])
+        p = prefixes[i]
+        rel = np.asarray(rel_all[i], dtype=np.int64)
+        same = np.flatnonzero(world.cluster_of(items[:p]) == world.cluster_of(targets[i]))
+        if kinds[i] != "other":  # exactly the target cluster's behaviours before the prefix
+            np.testing.assert_array_equal(rel, same)
+        if kinds[i] == "long_term":
+            assert len(rel) >= cfg.min_per_interest and rel.max() < len(items) - cfg.deep_offset  # planted deep
+        elif kinds[i] == "drift":
+            assert len(rel) == 0 or rel.min() >= len(items) - cfg.drift_window  # only recent
+        else:  # the label of an "other" target ignores the history: nothing is relevant
+            assert len(rel) == 0
+
+
+def test_labels_need_the_deep_history_and_the_recent_drift(build: Path) -> None:
+    """Oracle scores from the true item latents: <z_target, mean z of the target cluster's behaviours>
+    over the whole prefix beat the same over the recent 50 only, and beat deep-only too."""
+    cfg = SynthConfig(**SMALL, seed=3)
+    world = make_world(cfg)
+    seqs = JaggedSequences.read(build)
+    truth = pq.read_table(build / PLANTED_TRUTH_FILE)
+    labels = pq.read_table(build / schema.CTR_SAMPLES_FILE)[schema.LABEL].to_numpy()
+    lut = seqs.row_of_user()
+    users, prefixes, targets = (truth[col].to_numpy() for col in (schema.USER, schema.PREFIX_LENGTH, schema.ITEM))
+    rel_all = truth[RELEVANT_POSITIONS].to_pylist()
+    scores = {"full": [], "recent": [], "deep": []}
+    for i in range(len(rel_all)):
+        items = seqs.user_items(lut[users[i]])
+        rel = np.asarray(rel_all[i], dtype=np.int64)
+        zt = world.latent[targets[i]]
+        for name, mask in (("full", rel >= 0), ("recent", rel >= prefixes[i] - 50), ("deep", rel < prefixes[i] - 50)):
+            r = rel[mask]
+            scores[name].append(float(zt @ world.latent[items[r]].mean(0)) if len(r) else 0.0)
+    auc = {k: _auc(labels, np.asarray(v)) for k, v in scores.items()}
+    assert auc["full"] > auc["recent"] + 0.05, auc
+    assert auc["full"] > auc["deep"] + 0.01, auc
+    assert auc["recent"] > 0.53, auc
+
+
+def test_cli_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    configure_cli(parser)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("num_categories: 20\nitems_per_cluster: 30\nlength_median: 200\n")
+    args = parser.parse_args(["--config", str(cfg_file), "--users", "50", "--max-len", "700", "--seed", "1",
+                              "--output", str(tmp_path / "b")])
+    assert args.func(args) == 0
+    assert JaggedSequences.read(tmp_path / "b").lengths.max() <= 700
+    args = parser.parse_args(["--users", "5", "--max-len", "100", "--min-len", "120", "--output", str(tmp_path / "c")])
+    assert args.func(args) == 2
+    assert "min_length" in capsys.readouterr().err
