@@ -208,6 +208,8 @@ class MetricRow:
     ci_high: float
     n_users: int
     n_samples: int | None = None
+    #: the same number as the run's own eval.json recorded it (None when it has no such key)
+    eval_json_value: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: _clean(v) for k, v in self.__dict__.items()}
@@ -567,6 +569,11 @@ def summarize(summary: RunSummary, data: NextItemRanks | CTRPredictions, n_boot:
         summary.metrics = next_item_rows(data, summary.dataset, n_boot, seed)
     else:
         summary.metrics = ctr_rows(data, summary.dataset, n_boot, seed)
+    for m in summary.metrics:
+        for key in (f"{m.split}/{m.protocol_id}/{m.metric}", f"{m.split}/{m.metric}"):
+            if isinstance(summary.eval_json.get(key), (int, float)):
+                m.eval_json_value = float(summary.eval_json[key])
+                break
     summary.by_length = by_length_rows(data, n_boot, seed)
     return summary
 
@@ -655,6 +662,13 @@ def _plt() -> Any:
     return plt
 
 
+def _curve_key(r: RunSummary) -> str:
+    """The validation key of the primary metric in metrics.jsonl (e.g. valid/full/ndcg@10)."""
+    keys = [k for h in r.history for k in h if k.startswith("valid/") and k.endswith(r.primary)]
+    preferred = [k for k in keys if "/full/" in k]
+    return (preferred or keys or [f"valid/{r.primary}"])[0]
+
+
 def plot_training_curves(runs: list[RunSummary]) -> str | None:
     if not any(r.history for r in runs):
         return None
@@ -664,7 +678,7 @@ def plot_training_curves(runs: list[RunSummary]) -> str | None:
         xs = [h.get("epoch", i + 1) for i, h in enumerate(r.history)]
         loss = [h.get("train/loss") for h in r.history]
         ax1.plot(xs, loss, marker="o", label=r.name)
-        key = f"valid/{r.primary}"
+        key = _curve_key(r)
         pts = [(x, h[key]) for x, h in zip(xs, r.history) if isinstance(h.get(key), (int, float))]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=f"{r.name} ({r.primary})")
