@@ -1,0 +1,230 @@
+"""One experiment end to end: build directory -> task + model -> fit -> evaluate -> model directory.
+
+`ExperimentConfig` is the YAML of configs/experiments/*.yaml. `run_experiment(cfg)` writes the
+run directory `<output_dir>/<name>/`, which IS the model directory of recsys/artifacts.py:
+    weights.safetensors  the best weights (by the task's primary validation metric)
+    config.yaml          the resolved experiment config
+    vocab/               copied from the build
+    metrics.jsonl        the training log (one JSON per epoch)
+    eval.json            final metrics with the best weights, keys "<split>/<protocol>/<metric>"
+    index.faiss          item retrieval index (next-item runs)
+    manifest.json        versions, code commit, sha256 of every file
+Training checkpoints live in checkpoints/ while the run is going (a rerun of an unfinished run
+resumes from them) and are removed at the end unless `keep_checkpoints`.
+`load_run(run_dir)` loads a run back without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from recsys import artifacts
+from recsys.config import StrictModel, dump_yaml, load_yaml, parse_config
+from recsys.losses import LossConfig
+from recsys.metrics import DEFAULT_KS
+from recsys.retrieval import IndexConfig
+from recsys.train import CHECKPOINT_DIR, FitResult, TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+CTR_TASK = "recsys.tasks.ctr:CTRTask"
+
+
+class DataConfig(StrictModel):
+    build_dir: Path
+
+
+class EvalConfig(StrictModel):
+    #: users per evaluation batch (score matrix [batch, N+1])
+    batch_size: int = Field(256, ge=1)
+    #: evaluate validation (early stopping) on a fixed random sample of this many users; test uses all
+    valid_max_users: int | None = Field(None, ge=1)
+    ks: tuple[int, ...] = DEFAULT_KS
+    #: retrieval index saved with next-item models
+    index: IndexConfig = IndexConfig()
+
+
+class ExperimentConfig(StrictModel):
+    name: str = Field(min_length=1)
+    task: Literal["next_item", "ctr"]
+    data: DataConfig
+    #: the model's own config (validated by recsys.models.registry.parse_model_config)
+    model: dict[str, Any]
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: Path = Path("runs")
+    #: seeds model initialisation and the training loop (replaces train.seed when given)
+    seed: int | None = None
+    keep_checkpoints: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _valid_model(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from recsys.models.registry import parse_model_config
+
+        parse_model_config(v)
+        return v
+
+    def model_cfg(self) -> Any:
+        from recsys.models.registry import parse_model_config
+
+        return parse_model_config(self.model)
+
+    def train_cfg(self) -> TrainConfig:
+        return self.train if self.seed is None else self.train.model_copy(update={"seed": self.seed})
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    return load_yaml(path, ExperimentConfig)
+
+
+def _import(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(import_module(module), attr)
+
+
+def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> Any:
+    """The TrainTask of an experiment (this worker's shard)."""
+    from recsys.models.registry import model_task
+
+    mcfg = cfg.model_cfg()
+    if model_task(mcfg.name) != cfg.task:
+        raise ValueError(f"model.name: {mcfg.name!r} is a {model_task(mcfg.name)} model but task is {cfg.task!r}")
+    build_dir = Path(cfg.data.build_dir)
+    if not build_dir.is_dir():
+        raise FileNotFoundError(f"data.build_dir: {build_dir} does not exist (run `recsys data build` first)")
+    if cfg.task == "next_item":
+        from recsys.tasks.next_item import NextItemTask
+
+        max_len = getattr(mcfg, "max_len", None)
+        if max_len is None:
+            raise ValueError(f"model: {mcfg.name} config has no max_len")
+        return NextItemTask(build_dir, max_len, cfg.loss, eval_batch_size=cfg.eval.batch_size,
+                            valid_max_users=cfg.eval.valid_max_users, ks=cfg.eval.ks, rank=rank,
+                            world_size=world_size)
+    # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it
+    return _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg())
+
+
+def _num_categories(build_dir: Path) -> int:
+    from recsys.data import schema
+
+    path = build_dir / schema.VOCAB_DIR / schema.CATEGORIES_VOCAB
+    if not path.is_file():
+        return 0
+    import pyarrow.parquet as pq
+
+    return int(pq.read_metadata(str(path)).num_rows)
+
+
+def build_model(cfg: ExperimentConfig, task: Any | None = None) -> torch.nn.Module:
+    """Model from the registry, sized by the build's vocabularies; MQSA-TED gets its teacher
+    (transition graph of the TRAIN parts of the sequences) when a next-item task is given."""
+    from recsys.models.registry import build_model as registry_build
+    from recsys.tasks.next_item import _num_items
+
+    build_dir = Path(cfg.data.build_dir)
+    mcfg = cfg.model_cfg()
+    model = registry_build(mcfg, num_items=_num_items(build_dir), num_categories=_num_categories(build_dir))
+    if task is not None and hasattr(model, "attach_teacher"):
+        from recsys.models.transitions import TransitionGraph
+
+        graph = TransitionGraph.from_sequences(task.seqs, task.train_ends, max_len=mcfg.max_len,
+                                               time_span=getattr(mcfg, "time_span", 1), num_items=task.num_items)
+        model.attach_teacher(graph)
+    return model
+
+
+def evaluate_model(task: Any, model: torch.nn.Module, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Final metrics on valid and test: flat keys "<split>/<protocol>/<metric>" plus a description
+    of the protocols and the dataset."""
+    out: dict[str, Any] = {"dataset": str(cfg.data.build_dir), "task": cfg.task, "model": cfg.model["name"]}
+    model.eval()
+    for split in ("valid", "test"):
+        with torch.no_grad():
+            metrics = task.evaluate(model, split)
+        out.update({f"{split}/{k}": float(v) for k, v in metrics.items()})
+    if cfg.task == "next_item":
+        from recsys.tasks.next_item import PROTOCOLS
+
+        out["protocols"] = PROTOCOLS
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, *, resume: bool = True, device: str | None = None) -> Path:
+    """Train, evaluate and write the model directory; returns its path."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_cfg = cfg.train_cfg()
+    task = build_task(cfg)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(cfg, task)
+    if device is not None:
+        model.to(device)
+    dump_yaml(cfg, run_dir / artifacts.CONFIG_FILE)
+    result: FitResult = fit(model, task, train_cfg, run_dir, resume=resume, device=device)
+    evaluation = evaluate_model(task, model, cfg)
+    evaluation["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                         "stop_reason": result.stop_reason, "train_seconds": result.seconds,
+                         "best_valid_" + task.primary_metric: result.best_metric}
+    (run_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=1, sort_keys=True))
+    artifacts.save_weights(model, run_dir / artifacts.WEIGHTS_FILE)
+    artifacts.copy_vocab(cfg.data.build_dir, run_dir)
+    if cfg.task == "next_item":
+        from recsys.retrieval import build_index, save_index
+
+        with torch.no_grad():
+            save_index(build_index(model.item_embeddings(), cfg.eval.index), run_dir / artifacts.INDEX_FILE)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    artifacts.write_manifest(run_dir, extra={"name": cfg.name, "task": cfg.task, "model": cfg.model["name"],
+                                             "build_dir": str(cfg.data.build_dir)})
+    return run_dir
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    config: ExperimentConfig
+    vocabs: dict[str, Any]
+    build_dir: Path
+    run_dir: Path
+
+
+def load_run(run_dir: str | Path, *, verify: bool = True, device: str = "cpu") -> LoadedRun:
+    """Model (weights from safetensors, eval mode), config and vocabularies of a run directory."""
+    from recsys.data.vocab import load_vocabularies
+
+    run_dir = Path(run_dir)
+    if not (run_dir / artifacts.CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {artifacts.CONFIG_FILE})")
+    if verify and (run_dir / artifacts.MANIFEST_FILE).is_file():
+        artifacts.verify_manifest(run_dir)
+    cfg = load_yaml(run_dir / artifacts.CONFIG_FILE, ExperimentConfig)
+    vocabs = load_vocabularies(run_dir / artifacts.VOCAB_DIR)
+    from recsys.models.registry import build_model as registry_build
+
+    model = registry_build(cfg.model_cfg(), num_items=len(vocabs["items"]),
+                           num_categories=len(vocabs["categories"]) if "categories" in vocabs else 0)
+    artifacts.load_weights(model, run_dir / artifacts.WEIGHTS_FILE)
+    model.to(device).eval()
+    return LoadedRun(model=model, config=cfg, vocabs=vocabs, build_dir=Path(cfg.data.build_dir), run_dir=run_dir)
+
+
+def parse_experiment(data: dict[str, Any], source: str = "<experiment>") -> ExperimentConfig:
+    return parse_config(data, ExperimentConfig, source=source)

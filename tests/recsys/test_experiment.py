@@ -1,0 +1,147 @@
+"""Experiments end to end: config validation, run directory contents, load_run without pickle,
+`recsys evaluate` / `recsys recommend`; and a short real-data run (300 users of the SASRec
+paper's Games data) that must beat the popularity baseline on full-ranking NDCG@10."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.config import ConfigError
+from recsys.experiment import ExperimentConfig, load_run, parse_experiment, run_experiment
+from tests.recsys.tasks.test_next_item import markov_sequences, write_build
+
+
+def _cfg(build: Path, out: Path, **over) -> ExperimentConfig:
+    data = {
+        "name": "tiny",
+        "task": "next_item",
+        "data": {"build_dir": str(build)},
+        "model": {"name": "sasrec", "dim": 16, "num_blocks": 1, "max_len": 8, "dropout": 0.1},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 0.01},
+        "loss": {"kind": "bce"},
+        "output_dir": str(out),
+        "seed": 0,
+    }
+    data.update(over)
+    return parse_experiment(data)
+
+
+@pytest.fixture()
+def build(tmp_path: Path) -> Path:
+    return write_build(tmp_path / "build", markov_sequences(), num_items=40)
+
+
+def test_config_errors_name_the_field(build: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="model"):
+        _cfg(build, tmp_path, model={"name": "sasrec", "dimm": 3})
+    with pytest.raises(ConfigError, match="model"):
+        _cfg(build, tmp_path, model={"name": "nope"})
+    with pytest.raises(ConfigError, match="task"):
+        _cfg(build, tmp_path, task="ranking")
+    with pytest.raises(ConfigError, match="train.lr"):
+        _cfg(build, tmp_path, train={"lr": -1})
+
+
+def test_model_task_mismatch(build: Path, tmp_path: Path) -> None:
+    from recsys.experiment import build_task
+
+    cfg = _cfg(build, tmp_path, task="ctr")
+    with pytest.raises(ValueError, match="next_item model but task is 'ctr'"):
+        build_task(cfg)
+
+
+def test_run_directory_and_reload(build: Path, tmp_path: Path, capsys) -> None:
+    from recsys import artifacts
+    from recsys.cli import main
+
+    run_dir = run_experiment(_cfg(build, tmp_path / "runs"))
+    for f in ("weights.safetensors", "config.yaml", "vocab/items.parquet", "metrics.jsonl", "eval.json",
+              "index.faiss", "manifest.json"):
+        assert (run_dir / f).is_file(), f
+    assert not (run_dir / "checkpoints").exists()
+    artifacts.verify_manifest(run_dir)
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert {"valid/full/ndcg@10", "test/full/ndcg@10", "test/sampled100/hr@10", "test/full/mrr@20"} <= set(ev)
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+    run = load_run(run_dir)
+    from recsys.experiment import build_task
+
+    again = build_task(run.config).evaluate(run.model, "test")
+    assert again["full/ndcg@10"] == pytest.approx(ev["test/full/ndcg@10"], abs=1e-6)
+
+    assert main(["evaluate", str(run_dir), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "ndcg@10" in out and "full ranking" in out and "split test" in out
+
+    # recommend: raw user 501 is dense user 1, items map back to raw ids 1001..1040
+    assert main(["recommend", str(run_dir), "--user", "501", "-k", "5", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    seen_raw = {i + 1000 for i in markov_sequences()[0]}
+    assert len(rec["items"]) == 5 and not set(rec["items"]) & seen_raw
+    assert all(1001 <= i <= 1040 for i in rec["items"]) and rec["scores"] == sorted(rec["scores"], reverse=True)
+    main(["recommend", str(run_dir), "--user", "501", "-k", "40", "--include-seen", "--json"])
+    assert seen_raw <= set(json.loads(capsys.readouterr().out)["items"])
+
+
+def test_recommend_matches_bruteforce(build: Path, tmp_path: Path) -> None:
+    from recsys.retrieval import Recommender
+
+    run = load_run(run_experiment(_cfg(build, tmp_path / "runs", train={"epochs": 1})))
+    rec = Recommender(run)
+    hist = rec.history(503)
+    got = rec.recommend(503, k=7)
+    seq = torch.zeros(1, 8, dtype=torch.long)
+    tail = torch.from_numpy(hist[-8:])
+    seq[0, -tail.numel():] = tail
+    with torch.no_grad():
+        s = (run.model.user_embedding(seq) @ run.model.item_embeddings().T)[0]
+    s[0] = -torch.inf
+    s[torch.from_numpy(hist)] = -torch.inf
+    want = run.vocabs["items"].decode(torch.topk(s, 7).indices.numpy())
+    assert got.item_ids == want.tolist()
+    with pytest.raises(KeyError, match="user 99999"):
+        rec.recommend(99999)
+
+
+def test_rerun_resumes_from_checkpoints(build: Path, tmp_path: Path) -> None:
+    cfg = _cfg(build, tmp_path / "runs", keep_checkpoints=True)
+    run_dir = run_experiment(cfg)
+    first = (run_dir / "weights.safetensors").read_bytes()
+    run_experiment(cfg)  # all epochs done: resumes at the end, same best weights
+    assert (run_dir / "weights.safetensors").read_bytes() == first
+
+
+def _games_subset(root: Path, out: Path, n_users: int = 300) -> Path:
+    """The first `n_users` users of the SASRec paper's Video.txt (lines `user item`, time order)."""
+    raw = np.loadtxt(root / "amazon-games-sasrec" / "Video.txt", dtype=np.int64, max_rows=40000)
+    users = np.unique(raw[:, 0])[:n_users]
+    raw = raw[np.isin(raw[:, 0], users)]
+    items = np.unique(raw[:, 1])
+    dense = np.searchsorted(items, raw[:, 1]) + 1
+    seqs = [dense[raw[:, 0] == u].tolist() for u in users]
+    return write_build(out, seqs, num_items=len(items), raw_item_ids=items, raw_user_ids=users)
+
+
+@pytest.mark.slow
+def test_real_games_subset_beats_popularity(shared_data: Path, tmp_path: Path) -> None:
+    from recsys.evaluate import popularity_metrics
+    from recsys.experiment import build_task
+
+    build = _games_subset(shared_data, tmp_path / "games300")
+    cfg = parse_experiment({
+        "name": "games300", "task": "next_item", "data": {"build_dir": str(build)},
+        "model": {"name": "sasrec", "dim": 32, "num_blocks": 2, "max_len": 20, "dropout": 0.3},
+        "train": {"epochs": 40, "batch_size": 32, "lr": 2e-3}, "loss": {"kind": "ce"},
+        "output_dir": str(tmp_path / "runs"), "seed": 0,
+    })
+    run_dir = run_experiment(cfg)
+    ev = json.loads((run_dir / "eval.json").read_text())
+    pop = popularity_metrics(build_task(cfg), "test")
+    print("games300 test full ndcg@10", ev["test/full/ndcg@10"], "popularity", pop["full/ndcg@10"])
+    assert ev["test/full/ndcg@10"] > pop["full/ndcg@10"]
