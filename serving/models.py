@@ -1,0 +1,219 @@
+"""Loaded models as the service uses them: raw ids in, scores out.
+
+`CTRScorer` wraps a CTR run directory (din/twin/dare/sdim): it maps raw ids through the model's
+own vocabularies and exposes the serving split of docs/INTERFACES.md (encode_user /
+append_to_state / score_candidates). `Retriever` wraps a next-item run directory (sasrec/mqsa_ted)
+and its faiss index. Both are loaded with safetensors and faiss' own format: no pickle anywhere.
+
+Raw ids unknown to a model's vocabulary:
+- in a user's history they are skipped (the event stays in the durable log; a model trained on a
+  newer build will use it);
+- as candidates they are not scored (`null` score) and are listed in `unknown_items`: the padding
+  row (dense id 0) is not a trained item and a score for it would be meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from recsys.artifacts import INDEX_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file, verify_manifest
+from recsys.data import schema
+from serving.store.base import History
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    directory: str
+
+
+def model_version(run_dir: Path) -> str:
+    """First 12 hex digits of the weights' sha256 (from the manifest when present)."""
+    manifest = run_dir / MANIFEST_FILE
+    if manifest.is_file():
+        digest = json.loads(manifest.read_text()).get("files", {}).get(WEIGHTS_FILE)
+        if digest:
+            return str(digest)[:12]
+    return sha256_file(run_dir / WEIGHTS_FILE)[:12]
+
+
+def _load_run(run_dir: str | Path, task: str) -> tuple[Any, ModelInfo]:
+    """load_run with checks that name the problem: directory, manifest checksums, task."""
+    from recsys.experiment import load_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"model_dir: {run_dir} is not a directory")
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"model_dir: {run_dir} has no {WEIGHTS_FILE}")
+    if (run_dir / MANIFEST_FILE).is_file():
+        verify_manifest(run_dir)
+    loaded = load_run(run_dir)
+    got = getattr(loaded.config, "task", None)
+    if got is not None and got != task:
+        raise ValueError(f"model_dir: {run_dir} holds a {got!r} model, expected a {task!r} model")
+    loaded.model.eval()
+    name = str(getattr(loaded.config.model, "name", type(loaded.model).__name__.lower()))
+    return loaded, ModelInfo(name=name, version=model_version(run_dir), directory=str(run_dir))
+
+
+def item_category_map(build_dir: Path | None, num_items: int) -> np.ndarray:
+    """dense item id -> dense category id (0 = none), from the build's sequences.parquet (the
+    category an item was last seen with); zeros when the build has no categories or is absent."""
+    out = np.zeros(num_items + 1, dtype=np.int64)
+    if build_dir is None:
+        return out
+    path = Path(build_dir) / schema.SEQUENCES_FILE
+    if not path.is_file():
+        return out
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(str(path)).names
+    if schema.SEQ_CATEGORIES not in names:
+        return out
+    t = pq.read_table(str(path), columns=[schema.SEQ_ITEMS, schema.SEQ_CATEGORIES])
+    items = t[schema.SEQ_ITEMS].combine_chunks().flatten().to_numpy()
+    cats = t[schema.SEQ_CATEGORIES].combine_chunks().flatten().to_numpy()
+    ok = (items > 0) & (items <= num_items)
+    out[items[ok]] = cats[ok]
+    return out
+
+
+class CTRScorer:
+    """A CTR model ready to serve. Thread-compatible: scoring runs under torch.inference_mode."""
+
+    def __init__(self, model: torch.nn.Module, vocabs: dict, info: ModelInfo, item_cats: np.ndarray, max_history: int) -> None:
+        self.model = model
+        self.vocabs = vocabs
+        self.info = info
+        self.item_cats = item_cats  # [N+1] dense item -> dense category
+        self.max_history = max_history
+        self.num_items = len(vocabs["items"])
+
+    @classmethod
+    def load(cls, run_dir: str | Path, max_history: int = 10_000) -> "CTRScorer":
+        loaded, info = _load_run(run_dir, "ctr")
+        vocabs = loaded.vocabs
+        cats = item_category_map(getattr(loaded, "build_dir", None), len(vocabs["items"]))
+        return cls(loaded.model, vocabs, info, cats, max_history)
+
+    @property
+    def key(self) -> str:
+        """Identifies states computed by this model (cache and store key)."""
+        return f"{self.info.name}-{self.info.version}"
+
+    # -- ids --------------------------------------------------------------------------------
+    def encode_items(self, raw: np.ndarray) -> np.ndarray:
+        return self.vocabs["items"].encode(np.asarray(raw, dtype=np.int64))
+
+    def encode_categories(self, raw: np.ndarray, dense_items: np.ndarray) -> np.ndarray:
+        """Dense categories: the raw category mapped through the vocabulary when given (>= 0),
+        else the item's category from the build."""
+        raw = np.asarray(raw, dtype=np.int64)
+        from_item = self.item_cats[np.clip(dense_items, 0, self.num_items)]
+        if "categories" not in self.vocabs:
+            return np.zeros_like(from_item)
+        given = self.vocabs["categories"].encode(np.where(raw >= 0, raw, 0))
+        return np.where((raw >= 0) & (given > 0), given, from_item)
+
+    def _dense_history(self, h: History) -> tuple[torch.Tensor, torch.Tensor]:
+        items = self.encode_items(h.items)
+        keep = items > 0  # unknown history items are skipped (see module docstring)
+        cats = self.encode_categories(h.categories, items)
+        return torch.from_numpy(items[keep]), torch.from_numpy(cats[keep])
+
+    # -- serving split ----------------------------------------------------------------------
+    def encode(self, h: History) -> State:
+        items, cats = self._dense_history(h)
+        with torch.inference_mode():
+            return self.model.encode_user(items, cats)
+
+    def append(self, state: State, tail: History) -> State:
+        items, cats = self._dense_history(tail)
+        if items.numel() == 0:
+            return state
+        with torch.inference_mode():
+            return self.model.append_to_state(state, items, cats, self.max_history)
+
+    def score(self, state: State, cand_dense: np.ndarray, cand_cats_raw: np.ndarray | None = None) -> np.ndarray:
+        """Click probabilities of known (dense > 0) candidates; [C] float64."""
+        raw_cats = np.full(cand_dense.shape, -1, dtype=np.int64) if cand_cats_raw is None else cand_cats_raw
+        cats = self.encode_categories(raw_cats, cand_dense)
+        with torch.inference_mode():
+            logits = self.model.score_candidates(state, torch.from_numpy(cand_dense), torch.from_numpy(cats))
+        return torch.sigmoid(logits.float()).numpy().astype(np.float64)
+
+
+def clone_state(state: State) -> State:
+    return {k: v.clone() for k, v in state.items()}
+
+
+def state_to_bytes(state: State) -> bytes:
+    return st_save({k: v.contiguous() for k, v in state.items()})
+
+
+def state_from_bytes(data: bytes) -> State:
+    return st_load(data)
+
+
+class Retriever:
+    """Next-item model + faiss inner-product index over its item embeddings."""
+
+    def __init__(self, model: torch.nn.Module, vocabs: dict, info: ModelInfo, index: Any, ids_are_rows: bool) -> None:
+        self.model = model
+        self.vocabs = vocabs
+        self.info = info
+        self.index = index
+        self.ids_are_rows = ids_are_rows  # True: faiss id r is item row r+1 (index over rows 1..N)
+        self.max_len = int(getattr(model, "max_len", 50))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Retriever":
+        import faiss
+
+        loaded, info = _load_run(run_dir, "next_item")
+        path = Path(run_dir) / INDEX_FILE
+        with torch.inference_mode():
+            emb = loaded.model.item_embeddings().float().numpy()  # [N+1, d]
+        if path.is_file():
+            index = faiss.read_index(str(path))
+            if index.d != emb.shape[1]:
+                raise ValueError(f"model_dir: {path} has dimension {index.d}, model embeddings have {emb.shape[1]}")
+            ids_are_rows = index.ntotal == emb.shape[0] - 1 and not hasattr(index, "id_map")
+        else:  # exact inner product over rows 1..N
+            index = faiss.IndexFlatIP(emb.shape[1])
+            index.add(np.ascontiguousarray(emb[1:]))
+            ids_are_rows = True
+        return cls(loaded.model, loaded.vocabs, info, index, ids_are_rows)
+
+    def candidates(self, h: History, n: int, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `n` (raw item ids, inner-product scores) for a history, excluding raw ids in `exclude`."""
+        dense = self.vocabs["items"].encode(h.items)
+        dense = dense[dense > 0][-self.max_len :]
+        if dense.size == 0:
+            raise LookupError("user_id: no history known to the retrieval model (cold start)")
+        seq = torch.from_numpy(dense)[None, :]  # [1, n] most recent last (no padding needed)
+        with torch.inference_mode():
+            q = self.model.user_embedding(seq).float().numpy()  # [1, d]
+        want = min(self.index.ntotal, n + len(exclude))
+        scores, ids = self.index.search(np.ascontiguousarray(q), want)
+        ids, scores = ids[0], scores[0]
+        ok = ids >= 0
+        ids, scores = ids[ok], scores[ok]
+        dense_ids = ids + 1 if self.ids_are_rows else ids
+        valid = (dense_ids >= 1) & (dense_ids <= len(self.vocabs["items"]))
+        raw = self.vocabs["items"].decode(dense_ids[valid])
+        scores = scores[valid]
+        keep = np.array([r not in exclude for r in raw.tolist()], dtype=bool) if exclude else np.ones(raw.size, bool)
+        return raw[keep][:n], scores[keep][:n]

@@ -1,0 +1,67 @@
+"""Micro-batcher: batches form under concurrency, the wait is bounded, errors stay per item."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from serving.batcher import MicroBatcher, Overloaded
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batches_form_and_results_stay_in_order() -> None:
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        time.sleep(0.01)
+        return [x * 2 for x in items]
+
+    async def main() -> list[int]:
+        b = MicroBatcher(fn, max_batch=8, max_wait_ms=20, on_batch=lambda n, s: sizes.append(n))
+        await b.start()
+        out = await asyncio.gather(*(b.submit(i) for i in range(20)))
+        await b.stop()
+        return out
+
+    assert run(main()) == [2 * i for i in range(20)]
+    assert max(sizes) == 8 and sum(sizes) == 20 and len(sizes) < 20
+
+
+def test_wait_is_bounded_for_a_lone_request() -> None:
+    async def main() -> float:
+        b = MicroBatcher(lambda xs: xs, max_batch=64, max_wait_ms=30)
+        await b.start()
+        t0 = time.perf_counter()
+        await b.submit(1)
+        dt = time.perf_counter() - t0
+        await b.stop()
+        return dt
+
+    dt = run(main())
+    assert 0.025 <= dt < 0.5
+
+
+def test_per_item_errors_and_overload() -> None:
+    def fn(items: list[int]) -> list[int | BaseException]:
+        return [ValueError(f"bad {x}") if x < 0 else x for x in items]
+
+    async def main() -> None:
+        b = MicroBatcher(fn, max_batch=4, max_wait_ms=5)
+        await b.start()
+        ok, bad = await asyncio.gather(b.submit(3), b.submit(-1), return_exceptions=True)
+        assert ok == 3 and isinstance(bad, ValueError) and "bad -1" in str(bad)
+        await b.stop()
+
+        slow = MicroBatcher(lambda xs: (time.sleep(0.2), xs)[1], max_batch=1, max_wait_ms=0, max_queue=2)
+        await slow.start()
+        tasks = [asyncio.create_task(slow.submit(i)) for i in range(6)]
+        res = await asyncio.gather(*tasks, return_exceptions=True)
+        assert any(isinstance(r, Overloaded) for r in res) and any(r == 0 for r in res)
+        await slow.stop()
+
+    run(main())
