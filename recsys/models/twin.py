@@ -89,6 +89,8 @@ class TwoStageCTR(CTRModel):
         """q [B,C,da], keys [B,L,da], values [B,L,dr] -> dict(u, indices, scores)."""
         indices = None
         if self.search == "hard":
+            if self.att_emb.cat is None:  # no category field: hard search = the K most recent
+                hist_cats, target_cats = torch.zeros_like(hist_cats), torch.zeros_like(target_cats)
             indices = hard_search_indices(hist_cats, lengths, target_cats, self.top_k)
         u, indices = two_stage_attention(q, keys, values, lengths, self.top_k, indices)
         return {"u": u, "indices": indices}
