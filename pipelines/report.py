@@ -184,10 +184,12 @@ def per_user_auc(user_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray) -
     return u[user_starts][ok], auc, cnt[ok]
 
 
-def bce_with_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64)
+def bce_with_logits(logits: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Per-sample logloss of sigmoid(logit), probabilities clipped to [eps, 1-eps] as in
+    recsys.ctr_metrics.logloss."""
+    p = np.clip(1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64))), eps, 1.0 - eps)
     y = np.asarray(labels, dtype=np.float64)
-    return np.maximum(x, 0.0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
 
 
 def _max_chunk(n_items: int, budget: int = 4_000_000) -> int:
@@ -235,7 +237,7 @@ def next_item_rows(r: NextItemRanks, dataset: str, n_boot: int, seed: int) -> li
             for k in KS:
                 v = rank_metric_values(ranks, metric, k)
                 lo, hi = bootstrap_mean_ci(v, mult)
-                rows.append(MetricRow(f"{metric}@{k}", proto, pid, r.split, float(v.mean()), lo, hi, n))
+                rows.append(MetricRow(f"{metric}@{k}", proto, pid, r.split, float(v.mean()), lo, hi, n, n))
     return rows
 
 
@@ -398,25 +400,15 @@ def next_item_ranks(model: Any, build_dir: str | Path, split: str = "test", batc
     return NextItemRanks(split, seqs.user_ids[rows], ends.astype(np.int64), ranks)
 
 
-def ctr_predictions(model: Any, run_config: Any, build_dir: str | Path, split: str = "test",
-                    batch_size: int = 512) -> CTRPredictions:
-    """One logit per `split` sample of ctr_samples.parquet, batches built by the run's CTRTask so
-    that histories are exactly the ones the model was evaluated on."""
-    import torch
+def ctr_predictions(run_config: Any, model: Any, split: str = "test") -> CTRPredictions:
+    """One logit per `split` sample of ctr_samples.parquet, from the run's own CTRTask (so the
+    histories are exactly the ones its evaluation used); history length = untruncated prefix."""
+    from recsys.experiment import build_task
 
-    from recsys.tasks.ctr import CTRTask
-
-    task = CTRTask.from_experiment(run_config) if hasattr(CTRTask, "from_experiment") else CTRTask(run_config)
-    model.eval()
-    users, lengths, labels, logits = [], [], [], []
-    with torch.no_grad():
-        for batch in task.eval_batches(split, batch_size):
-            logits.append(model(batch).double().numpy())
-            labels.append(batch["labels"].numpy())
-            users.append(batch["user_ids"].numpy())
-            lengths.append(batch["hist_lengths"].numpy())
-    return CTRPredictions(split, np.concatenate(users), np.concatenate(lengths), np.concatenate(labels).astype(np.int64),
-                          np.concatenate(logits))
+    task = build_task(run_config)
+    s = task.splits[split]
+    logits = task.predict(model, split)
+    return CTRPredictions(split, s.user_ids.astype(np.int64), s.prefix.astype(np.int64), s.labels.astype(np.int64), logits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,7 +552,7 @@ def score_run(summary: RunSummary, split: str = "test") -> NextItemRanks | CTRPr
     if summary.task == "next_item":
         return next_item_ranks(loaded.model, build_dir, split)
     if summary.task == "ctr":
-        return ctr_predictions(loaded.model, loaded.config, build_dir, split)
+        return ctr_predictions(loaded.config, loaded.model, split)
     raise ValueError(f"{summary.run_dir}/config.yaml: task {summary.task!r} is not next_item or ctr")
 
 
@@ -578,7 +570,7 @@ def summarize(summary: RunSummary, data: NextItemRanks | CTRPredictions, n_boot:
     return summary
 
 
-def planted_retrieval_rows(summary: RunSummary, loaded: Any, k: int = 50, batch_size: int = 256) -> list[dict[str, Any]]:
+def planted_retrieval_rows(summary: RunSummary, loaded: Any, k: int = 50) -> list[dict[str, Any]]:
     """Retrieval quality against planted truth: for CTR models that expose their search stage as
     `retrieval_indices(batch, k) -> [B, k]` history slots (-1 = none; DARE/TWIN), NDCG@k and
     recall@k of the retrieved positions against `planted_truth.parquet`'s relevant positions.
@@ -590,20 +582,21 @@ def planted_retrieval_rows(summary: RunSummary, loaded: Any, k: int = 50, batch_
     model = loaded.model
     if summary.task != "ctr" or not path.is_file() or not hasattr(model, "retrieval_indices"):
         return []
-    from recsys.tasks.ctr import CTRTask
+    from recsys.experiment import build_task
 
     truth = pq.read_table(path).to_pylist()
     rel = {(r["split"], int(r["user_id"]), int(r["prefix_length"]), int(r["item_id"])): set(r["relevant_positions"]) for r in truth}
-    task = CTRTask.from_experiment(loaded.config) if hasattr(CTRTask, "from_experiment") else CTRTask(loaded.config)
+    task = build_task(loaded.config)
+    s = task.splits["test"]
     ndcg, recall = [], []
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
     with torch.no_grad():
-        for batch in task.eval_batches("test", batch_size):
+        for sel, batch in task.eval_batches("test"):
             idx = model.retrieval_indices(batch, k).numpy()  # [B,k] slots in the padded history
-            full_len = batch.get("prefix_lengths", batch["hist_lengths"]).numpy()
+            full_len = s.prefix[sel]
             offset = full_len - batch["hist_lengths"].numpy()  # slot j = full position offset + j
             for b in range(idx.shape[0]):
-                key = ("test", int(batch["user_ids"][b]), int(full_len[b]), int(batch["target_items"][b]))
+                key = ("test", int(s.user_ids[sel[b]]), int(full_len[b]), int(s.items[sel[b]]))
                 truth_b = rel.get(key)
                 if not truth_b:
                     continue
