@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from recsys.artifacts import INDEX_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file, verify_manifest
+from recsys.artifacts import INDEX_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file
 from recsys.data import schema
 from serving.store.base import History
 
@@ -57,14 +57,12 @@ def _load_run(run_dir: str | Path, task: str) -> tuple[Any, ModelInfo]:
         raise FileNotFoundError(f"model_dir: {run_dir} is not a directory")
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"model_dir: {run_dir} has no {WEIGHTS_FILE}")
-    if (run_dir / MANIFEST_FILE).is_file():
-        verify_manifest(run_dir)
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir)  # verifies the manifest checksums; safetensors weights
     got = getattr(loaded.config, "task", None)
     if got is not None and got != task:
         raise ValueError(f"model_dir: {run_dir} holds a {got!r} model, expected a {task!r} model")
     loaded.model.eval()
-    name = str(getattr(loaded.config.model, "name", type(loaded.model).__name__.lower()))
+    name = str(loaded.config.model_cfg().name)
     return loaded, ModelInfo(name=name, version=model_version(run_dir), directory=str(run_dir))
 
 

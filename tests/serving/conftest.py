@@ -48,3 +48,28 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A real synthetic build (`recsys data synth`, 40 users) and real run directories: a tiny
+    SDIM (CTR) and SASRec (next-item, with index.faiss) trained for one epoch. ~7 s."""
+    from recsys.data.synth import SynthConfig, generate
+    from recsys.experiment import parse_experiment, run_experiment
+
+    root = tmp_path_factory.mktemp("serving_models")
+    build = root / "build"
+    generate(SynthConfig(num_users=40, num_categories=5, items_per_cluster=30, length_median=40, min_length=20,
+                         max_length=80, deep_offset=5, drift_window=5, min_per_interest=2), build)
+    out = {"build": build}
+    small = {
+        "sdim": ("ctr", {"name": "sdim", "item_dim": 8, "cat_dim": 4, "num_hashes": 12, "tau": 3, "short_len": 4,
+                         "attention_dim": 8, "head_hidden": [16]}),
+        "dare": ("ctr", {"name": "dare", "item_dim": 8, "cat_dim": 4, "pos_dim": 4, "top_k": 4, "head_hidden": [16]}),
+        "sasrec": ("next_item", {"name": "sasrec", "dim": 8, "num_blocks": 1, "max_len": 10, "dropout": 0.0}),
+    }
+    for name, (task, model) in small.items():
+        cfg = parse_experiment({"name": name, "task": task, "data": {"build_dir": str(build)}, "model": model,
+                                "train": {"epochs": 1, "batch_size": 64}, "output_dir": str(root / "runs"), "seed": 0})
+        out[name] = run_experiment(cfg)
+    return out

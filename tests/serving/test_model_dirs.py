@@ -1,0 +1,73 @@
+"""The service on real run directories (recsys run_experiment on a synthetic build): start-up
+loading, bootstrap from sequences.parquet, and atomic reload between SDIM and DARE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from fastapi.testclient import TestClient
+
+from recsys.data.vocab import load_vocabularies
+from recsys.models.ctr_common import single_user_batch
+from serving.app import create_app
+from serving.bootstrap import bootstrap_store
+from serving.settings import ServingSettings
+from serving.store import open_store
+
+AUTH = {"Authorization": "Bearer t0k"}
+
+
+def settings(tmp_path: Path, dirs: dict[str, Path], **kw) -> ServingSettings:
+    return ServingSettings(ctr_model_dir=dirs["sdim"], retrieval_model_dir=dirs["sasrec"], bootstrap_build_dir=dirs["build"],
+                           store=f"sqlite:{tmp_path / 'state.sqlite3'}", token="t0k", **kw)
+
+
+def first_user(build: Path) -> tuple[int, list[int], list[int]]:
+    """raw user id, raw item history and dense item history of the build's first user."""
+    t = pq.read_table(build / "sequences.parquet").slice(0, 1).to_pylist()[0]
+    v = load_vocabularies(build)
+    return int(v["users"].decode(np.array([t["user_id"]]))[0]), v["items"].decode(np.array(t["items"])).tolist(), t["items"]
+
+
+def test_bootstrap_is_idempotent(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    store = open_store(f"sqlite:{tmp_path / 's.sqlite3'}", max_history=30)
+    n_users = pq.read_metadata(model_dirs["build"] / "sequences.parquet").num_rows
+    assert bootstrap_store(store, model_dirs["build"]) == n_users == store.num_users()
+    assert bootstrap_store(store, model_dirs["build"]) == 0
+    user, raw_items, _ = first_user(model_dirs["build"])
+    h = store.history(user)
+    assert h.items.tolist() == raw_items[-30:] and h.seq == len(raw_items) and (h.categories >= 0).all()
+
+
+def test_serves_run_directories_and_reloads_atomically(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
+    with TestClient(create_app(settings(tmp_path, model_dirs))) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        svc = c.app.state.svc
+        user, raw_items, dense_items = first_user(model_dirs["build"])
+        cands = svc.ctr.vocabs["items"].decode(np.arange(1, 21)).tolist()
+        body = c.post("/v1/score", json={"user_id": user, "candidates": cands}).json()
+        assert body["model"]["name"] == "sdim" and body["history_length"] == len(raw_items) and not body["cold_start"]
+        # oracle: the trained model's forward on the build's history, categories from the build
+        hi = torch.tensor(dense_items)
+        hc = torch.from_numpy(svc.ctr.item_cats[hi.numpy()])
+        ci = torch.arange(1, 21)
+        with torch.inference_mode():
+            expect = torch.sigmoid(svc.ctr.model(single_user_batch(hi, hc, ci, torch.from_numpy(svc.ctr.item_cats[1:21])))).numpy()
+        np.testing.assert_allclose(body["scores"], expect, rtol=1e-5, atol=1e-6)
+
+        rec = c.post("/v1/recommend", json={"user_id": user, "k": 5}).json()
+        assert len(rec["items"]) == 5 and rec["retrieval_model"]["name"] == "sasrec" and not set(raw_items) & {x["item_id"] for x in rec["items"]}
+
+        wrong_task = c.post("/admin/reload", json={"model_dir": str(model_dirs["sasrec"])}, headers=AUTH)
+        assert wrong_task.status_code == 422 and "expected a 'ctr' model" in wrong_task.json()["message"]
+        assert c.post("/v1/score", json={"user_id": user, "candidates": cands}).json() == body
+
+        r = c.post("/admin/reload", json={"model_dir": str(model_dirs["dare"])}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["model"]["name"] == "dare" and r.json()["previous"]["name"] == "sdim"
+        after = c.post("/v1/score", json={"user_id": user, "candidates": cands}).json()
+        assert after["model"]["name"] == "dare" and after["scores"] != body["scores"]
+        assert c.get("/readyz").json()["detail"]["ctr_model"].startswith("dare-")
