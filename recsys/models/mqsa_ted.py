@@ -24,10 +24,11 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from attention.causal import CausalSelfAttentionBlock, causal_padding_mask
+from attention.causal import CausalSelfAttentionBlock, Dropout, causal_padding_mask
 from attention.multi_query import MultiQueryBlock
 from recsys.config import StrictModel
 from recsys.losses import LossConfig, next_item_loss
@@ -52,6 +53,7 @@ class MQSATEDConfig(StrictModel):
     norm: Literal["query_only", "pre_ln"] = "query_only"
     ln_eps: float = 1e-8
     embedding_backend: Literal["torch", "torchrec"] = "torch"
+    trim_padding: bool = True  # exact speed-up, see recsys/models/sasrec.py
 
 
 class MQSATED(SequenceEncoderBase):
@@ -60,8 +62,8 @@ class MQSATED(SequenceEncoderBase):
         self.cfg, self.num_items, self.dim, self.max_len = cfg, num_items, cfg.dim, cfg.max_len
         self.item_emb = ItemEmbedding(num_items + 1, cfg.dim, cfg.embedding_backend)
         self.pos_emb = nn.Parameter(torch.empty(cfg.max_len, cfg.dim))
-        self.emb_drop = nn.Dropout(cfg.dropout)
-        self.kd_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
+        self.kd_drop = Dropout(cfg.dropout)
         self.short_blocks = nn.ModuleList(
             CausalSelfAttentionBlock(cfg.dim, cfg.num_heads, cfg.dropout, norm=cfg.norm, eps=cfg.ln_eps)
             for _ in range(cfg.num_blocks))
@@ -93,6 +95,8 @@ class MQSATED(SequenceEncoderBase):
 
     def branches(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """seq [B,n] -> (h^S [B,n,d], h^L [B,n,d]), padded positions zero."""
+        self._check_seq(seq)
+        seq, start = self.trim(seq)  # exact, see recsys/models/sasrec.py
         x0, valid = self.embed(seq)
         mask = causal_padding_mask(valid)  # [B,1,n,n]
         keep = valid[..., None].to(x0.dtype)
@@ -101,7 +105,8 @@ class MQSATED(SequenceEncoderBase):
             xs = blk(xs, valid, mask=mask)
         for blk in self.long_blocks:
             xl = blk(xl, valid, mask=mask)
-        return self.short_norm(xs) * keep, self.long_norm(xl) * keep
+        hs, hl = self.short_norm(xs) * keep, self.long_norm(xl) * keep  # [B,n',d]
+        return F.pad(hs, (0, 0, start, 0)), F.pad(hl, (0, 0, start, 0))
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq [B,n] -> α·h^S + (1-α)·h^L [B,n,d]."""

@@ -7,6 +7,11 @@ F = LN(X) × mask; scores r_{t,i} = <F_t, M_i> with the shared item table M (row
 Positions: learned P ∈ R^{max_len×d}; a window of n <= max_len slots uses the last n rows, so the
 most recent item always gets P[max_len-1] (P encodes recency under left padding). Init as pmixer:
 xavier-normal on every >= 2-D parameter, then row 0 of the item table zeroed.
+
+Speed: with `trim_padding` (default) the leading columns that are padding in every row of the
+batch are cut off before the blocks and the output is zero-padded back. This is exact: padded slots
+never reach valid ones and give zero output, and positions are aligned from the right (tested);
+on Games (mean length 9 at max_len 200) it removes most of the attention work.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from attention.causal import CausalSelfAttentionBlock, causal_padding_mask
+from attention.causal import CausalSelfAttentionBlock, Dropout, causal_padding_mask
 from recsys.config import StrictModel
 from recsys.losses import LossConfig, next_item_loss
 from recsys.models.item_embedding import ItemEmbedding
@@ -35,6 +41,7 @@ class SASRecConfig(StrictModel):
     ln_eps: float = 1e-8
     l2_emb: float = Field(0.0, ge=0.0)  # L2 on the item table, as official `l2_emb` (loss term)
     embedding_backend: Literal["torch", "torchrec"] = "torch"
+    trim_padding: bool = True  # exact speed-up, see module docstring
 
 
 class SequenceEncoderBase(nn.Module):
@@ -48,6 +55,14 @@ class SequenceEncoderBase(nn.Module):
             raise ValueError(f"seq must be [B,n], got shape {tuple(seq.shape)}")
         if seq.shape[1] > self.max_len:
             raise ValueError(f"seq length {seq.shape[1]} exceeds model max_len {self.max_len}")
+
+    def trim(self, seq: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Drop leading columns that are padding in every row: (seq[:, start:], start)."""
+        if not self.cfg.trim_padding:
+            return seq, 0
+        cols = (seq != 0).any(0)  # [n]
+        start = int(cols.to(torch.int8).argmax()) if bool(cols.any()) else seq.shape[1] - 1
+        return seq[:, start:], start
 
     def embed(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """seq [B,n] -> (X⁰ [B,n,d], valid [B,n] bool)."""
@@ -73,7 +88,7 @@ class SASRec(SequenceEncoderBase):
         self.cfg, self.num_items, self.dim, self.max_len = cfg, num_items, cfg.dim, cfg.max_len
         self.item_emb = ItemEmbedding(num_items + 1, cfg.dim, cfg.embedding_backend)
         self.pos_emb = nn.Parameter(torch.empty(cfg.max_len, cfg.dim))
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             CausalSelfAttentionBlock(cfg.dim, cfg.num_heads, cfg.dropout, norm=cfg.norm, eps=cfg.ln_eps)
             for _ in range(cfg.num_blocks))
@@ -93,11 +108,14 @@ class SASRec(SequenceEncoderBase):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq [B,n] left-padded item ids -> hidden [B,n,d] (padded positions zero)."""
-        x, valid = self.embed(seq)  # [B,n,d], [B,n]
-        mask = causal_padding_mask(valid)  # [B,1,n,n]
+        self._check_seq(seq)
+        seq, start = self.trim(seq)  # [B,n'] n' = n - start
+        x, valid = self.embed(seq)  # [B,n',d], [B,n']
+        mask = causal_padding_mask(valid)  # [B,1,n',n']
         for blk in self.blocks:
             x = blk(x, valid, mask=mask)
-        return self.final_norm(x) * valid[..., None].to(x.dtype)
+        h = self.final_norm(x) * valid[..., None].to(x.dtype)  # [B,n',d]
+        return F.pad(h, (0, 0, start, 0))  # [B,n,d]
 
     def training_loss(self, batch: dict[str, torch.Tensor], loss_cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
         hidden = self.forward(batch["seq"])

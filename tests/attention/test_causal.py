@@ -82,3 +82,24 @@ def test_gradients_flow_and_bad_heads_rejected() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in blk.parameters())
     with pytest.raises(ValueError, match="num_heads"):
         CausalSelfAttentionBlock(8, 3, dropout=0.0)
+
+
+def test_cpu_training_path_matches_sdpa_without_dropout_and_dropout_keeps_scale() -> None:
+    """The explicit CPU training path (used for fast dropout) computes the same attention as SDPA."""
+    blk = CausalSelfAttentionBlock(8, 2, dropout=0.3).train()
+    x, valid = _inputs()
+    blk.attn_drop.p = 0.0  # explicit path, no dropout
+    explicit = blk(x, valid)  # FFN dropout still on: compare attention only
+    q = blk.attn_norm(x)
+    mask = causal_padding_mask(valid)
+    torch.manual_seed(1)
+    a = blk._attend(q, x, mask)
+    blk.eval()
+    b = blk._attend(q, x, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.isfinite(explicit).all()
+    from attention.causal import Dropout
+
+    d = Dropout(0.5).train()
+    y = d(torch.ones(200_000))
+    assert set(y.unique().tolist()) <= {0.0, 2.0} and abs(float(y.mean()) - 1.0) < 0.02

@@ -105,3 +105,10 @@ def test_teacher_size_mismatch_rejected() -> None:
     seqs = JaggedSequences(user_ids=np.arange(1), offsets=np.array([0, 2]), items=np.array([1, 2]))
     with pytest.raises(ValueError, match="items"):
         _model().attach_teacher(TransitionGraph.from_sequences(seqs, np.array([2]), 50, num_items=5))
+
+
+def test_trim_padding_is_exact() -> None:
+    a, b = _model(trim_padding=True).eval(), _model(trim_padding=False).eval()
+    b.load_state_dict(a.state_dict())
+    seq = torch.tensor([[0, 0, 0, 0, 0, 7, 9, 2], [0, 0, 0, 0, 3, 4, 5, 6]])
+    assert torch.allclose(a(seq), b(seq), atol=1e-6)

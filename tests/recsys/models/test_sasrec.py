@@ -100,5 +100,22 @@ def test_l2_emb_term() -> None:
     seq = _seq()
     batch = {"seq": seq, "pos": torch.where(seq != 0, 1, 0)}
     loss, logs = m.training_loss(batch, LossConfig(kind="ce"))
-    assert logs["l2_loss"] == pytest.approx(0.01 * float(m.item_embeddings().pow(2).sum()), rel=1e-5)
+    assert logs["l2_loss"] == pytest.approx(0.01 * float(m.item_embeddings().detach().pow(2).sum()), rel=1e-5)
     assert float(loss) == pytest.approx(logs["rec_loss"] + logs["l2_loss"], rel=1e-5)
+
+
+def test_trim_padding_is_exact() -> None:
+    a = _model(trim_padding=True).eval()
+    b = _model(trim_padding=False).eval()
+    b.load_state_dict(a.state_dict())
+    seq = torch.tensor([[0, 0, 0, 0, 0, 7, 9, 2], [0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 4, 5, 6, 7, 8]])
+    assert torch.allclose(a(seq), b(seq), atol=1e-6)
+    assert a(torch.zeros(2, 8, dtype=torch.long)).shape == (2, 8, 8)
+
+
+def test_train_mode_dropout_is_stochastic_but_finite() -> None:
+    m = _model(dropout=0.5).train()
+    seq = _seq()
+    h1, h2 = m(seq), m(seq)
+    assert torch.isfinite(h1).all() and not torch.allclose(h1, h2)
+    assert (h1[seq == 0] == 0).all()
