@@ -11,9 +11,11 @@ users), and writes three files into the output folder:
 Per-user values: next-item runs are reduced to the 0-based rank of the held-out item under each
 protocol (full ranking with the history excluded, and sampled-100 with the build's persisted
 negatives); HR/NDCG/MRR@k all follow from the rank. CTR runs are reduced to one logit per
-test sample with its user. Both come from `per_user.py`-style scoring in `pipelines.report_scoring`
-style helpers below (`next_item_ranks`, `ctr_predictions`), which load the model through
-`recsys.experiment.load_run`.
+test sample with its user. `next_item_ranks` and `ctr_predictions` compute them from the model
+that `recsys.experiment.load_run` loads (the evaluation code writes only means); the per-user
+numbers are checked to average to the run's own eval.json (`eval_json_value` in metrics.json).
+Bootstrap: percentile intervals over users resampled with replacement (AUC/logloss pool the
+resampled users' samples; GAUC re-weights their per-user AUCs).
 """
 
 from __future__ import annotations
@@ -815,11 +817,11 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-siz
 .note{color:#666;font-size:13px}
 """
 
-SECTIONS = (
+SECTIONS = (  # page order: plots first, so a browser's first screen shows them
     ("runs", "Runs"),
-    ("metrics", "Metrics (test split, bootstrap confidence intervals over users)"),
-    ("training-curves", "Training curves"),
     ("comparison", "Metric comparison across models"),
+    ("training-curves", "Training curves"),
+    ("metrics", "Metrics (test split, bootstrap confidence intervals over users)"),
     ("history-length", "Metrics by history length"),
     ("planted-truth", "Retrieval quality against planted truth"),
     ("tradeoffs", "Latency and model-size trade-offs"),
@@ -872,12 +874,9 @@ def render_html(doc: dict[str, Any], runs: list[RunSummary], bench: list[dict[st
                      f"<td class=\"l\">{esc(r.manifest.get('code_version', 'unknown'))}</td></tr>")
     parts.append("</tbody></table></section>")
 
-    parts.append(f'<section id="metrics"><h2>{esc(sec["metrics"])}</h2>')
-    for r in runs:
-        parts.append(_metric_table(r))
-        if r.eval_json:
-            parts.append(f"<details><summary>{esc(r.name)}: eval.json as written by the run</summary><pre>"
-                         f"{esc(json.dumps(r.eval_json, indent=1, sort_keys=True))}</pre></details>")
+    parts.append(f'<section id="comparison"><h2>{esc(sec["comparison"])}</h2>')
+    parts.append(_figure(plots["comparison"], "metric comparison", "bars: test metric; whiskers: bootstrap CI over users",
+                         "no metrics to compare"))
     parts.append("</section>")
 
     parts.append(f'<section id="training-curves"><h2>{esc(sec["training-curves"])}</h2>')
@@ -885,9 +884,12 @@ def render_html(doc: dict[str, Any], runs: list[RunSummary], bench: list[dict[st
                          "right: the task's primary validation metric per evaluated epoch", "no run has a training log"))
     parts.append("</section>")
 
-    parts.append(f'<section id="comparison"><h2>{esc(sec["comparison"])}</h2>')
-    parts.append(_figure(plots["comparison"], "metric comparison", "bars: test metric; whiskers: bootstrap CI over users",
-                         "no metrics to compare"))
+    parts.append(f'<section id="metrics"><h2>{esc(sec["metrics"])}</h2>')
+    for r in runs:
+        parts.append(_metric_table(r))
+        if r.eval_json:
+            parts.append(f"<details><summary>{esc(r.name)}: eval.json as written by the run</summary><pre>"
+                         f"{esc(json.dumps(r.eval_json, indent=1, sort_keys=True))}</pre></details>")
     parts.append("</section>")
 
     parts.append(f'<section id="history-length"><h2>{esc(sec["history-length"])}</h2>')
