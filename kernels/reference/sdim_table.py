@@ -17,8 +17,7 @@ def sdim_bucket_table(
     """Per user, signature and bucket, the sum of the history embeddings hashed there.
 
     history [B,L,d], codes [B,L,S] (int, in [0, num_buckets)), lengths [B] -> [B,S,num_buckets,d].
-    Positions >= length are ignored. Differentiable w.r.t. history (a one-hot bmm, so the
-    backward is the transposed gather).
+    Positions >= length are ignored. Differentiable w.r.t. history (scatter-add, so the backward is a gather).
     """
     if history.dim() != 3 or codes.dim() != 3:
         raise ValueError(f"history must be [B,L,d] and codes [B,L,S]; got {tuple(history.shape)}, {tuple(codes.shape)}")
@@ -33,11 +32,17 @@ def sdim_bucket_table(
     if live.numel() and (int(live.min()) < 0 or int(live.max()) >= num_buckets):
         raise ValueError(f"codes at valid positions must lie in [0, {num_buckets})")
     codes = codes.long().clamp(0, num_buckets - 1)  # padded positions may hold anything
-    onehot = F.one_hot(codes, num_buckets).to(history.dtype)  # [B,L,S,nb]
-    onehot = onehot * valid[:, :, None, None].to(history.dtype)
-    onehot = onehot.reshape(b, l, s * num_buckets).transpose(1, 2)  # [B,S*nb,L]
-    table = torch.bmm(onehot, history)  # [B,S*nb,d]
-    return table.reshape(b, s, num_buckets, d)
+    # Scatter-add per signature: memory O(B*L*d) instead of a [B,L,S,nb] one-hot (0.26 GB at
+    # B=256, L=2000). index_add_ is differentiable w.r.t. its source (backward = gather).
+    src = (history * valid[:, :, None].to(history.dtype)).reshape(b * l, d)  # padded rows add zero
+    row_base = (torch.arange(b, device=history.device) * num_buckets)[:, None]  # [B,1]
+    tables = []
+    for sig in range(s):
+        idx = (row_base + codes[:, :, sig]).reshape(b * l)  # [B*L] -> row of a [B*nb, d] table
+        tables.append(history.new_zeros(b * num_buckets, d).index_add(0, idx, src).view(b, num_buckets, d))
+    if not tables:
+        return history.new_zeros(b, 0, num_buckets, d)
+    return torch.stack(tables, dim=1)  # [B,S,nb,d]
 
 
 def sdim_gather(table: torch.Tensor, candidate_codes: torch.Tensor) -> torch.Tensor:
