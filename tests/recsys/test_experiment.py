@@ -155,3 +155,12 @@ def test_real_games_subset_beats_popularity(shared_data: Path, tmp_path: Path) -
     print("games400 test full ndcg@10", ev["test/full/ndcg@10"], "popularity", pop["full/ndcg@10"])
     assert ev["test/full/ndcg@10"] > 1.3 * pop["full/ndcg@10"]
     assert ev["test/sampled100/ndcg@10"] > pop["sampled100/ndcg@10"]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].glob("configs/experiments/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_configs_validate(path: Path) -> None:
+    from recsys.experiment import load_experiment
+
+    cfg = load_experiment(path)
+    assert cfg.task == "next_item" and cfg.model_cfg().max_len >= 1
