@@ -8,11 +8,16 @@ backend="torchrec": a torchrec `EmbeddingCollection` fed a `KeyedJaggedTensor` (
 torchrec's planner (DistributedModelParallel) without touching the models.
 backend="torch": `F.embedding` on a plain parameter.
 
-Both give identical outputs and gradients for the same weights (tested). The CPU default is
-"torch": benchmarks/embedding_torchrec.py measured forward+backward of a SASRec-sized lookup
-(B=128, n=200, d=50, 23,716 rows; Games) at MEASURED_RATIO x the time of nn.Embedding on this
-machine's CPU (see benchmarks/results/embedding_torchrec.json), so torchrec measurably slows the
-CPU path: keep it for the sharded case (set `embedding_backend: torchrec` in the model config).
+Both give identical outputs and gradients for the same weights (tested).
+
+Default: "torchrec". benchmarks/embedding_torchrec.py (forward+backward, B=128, n=200, d=50,
+23,716 rows = Games, 1 thread, interleaved runs, medians; shared 2-core AMD EPYC CPU, 2026-11-25)
+measured torchrec/torch = 1.03 for the lookup alone (6.74 vs 6.54 ms) and 0.88 for a whole SASRec
+training step (1143 vs 1294 ms; an earlier run on the same machine: 0.88 and 1.05): within the
+machine's run-to-run noise, so torchrec does not measurably slow the CPU path and stays on.
+Its one cost is import time (about +7 s for `import torchrec` on the loaded machine), paid only
+when a torchrec-backed model is built; `embedding_backend: torch` avoids it (same weights shape,
+different state-dict key: `item_emb.table` vs `item_emb.collection.embeddings.item_table.weight`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ _FEATURE = "item"
 
 
 class ItemEmbedding(nn.Module):
-    def __init__(self, num_embeddings: int, dim: int, backend: Backend = "torch") -> None:
+    def __init__(self, num_embeddings: int, dim: int, backend: Backend = "torchrec") -> None:
         super().__init__()
         if num_embeddings < 2:
             raise ValueError(f"num_embeddings must be >= 2 (padding row + items), got {num_embeddings}")

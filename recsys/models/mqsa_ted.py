@@ -52,7 +52,7 @@ class MQSATEDConfig(StrictModel):
     l2_reg: float = Field(1e-4, ge=0.0)  # loss term l2_reg·Σ||θ||²/2 over all parameters
     norm: Literal["query_only", "pre_ln"] = "query_only"
     ln_eps: float = 1e-8
-    embedding_backend: Literal["torch", "torchrec"] = "torch"
+    embedding_backend: Literal["torch", "torchrec"] = "torchrec"  # see recsys/models/item_embedding.py
     trim_padding: bool = True  # exact speed-up, see recsys/models/sasrec.py
 
 
@@ -81,7 +81,7 @@ class MQSATED(SequenceEncoderBase):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if p.dim() >= 2:
                 nn.init.xavier_normal_(p)
         nn.init.normal_(self.item_emb.weight, std=0.01)

@@ -40,7 +40,7 @@ class SASRecConfig(StrictModel):
     norm: Literal["query_only", "pre_ln"] = "query_only"
     ln_eps: float = 1e-8
     l2_emb: float = Field(0.0, ge=0.0)  # L2 on the item table, as official `l2_emb` (loss term)
-    embedding_backend: Literal["torch", "torchrec"] = "torch"
+    embedding_backend: Literal["torch", "torchrec"] = "torchrec"  # see recsys/models/item_embedding.py
     trim_padding: bool = True  # exact speed-up, see module docstring
 
 
