@@ -87,7 +87,7 @@ class SynthConfig(StrictModel):
     num_categories: int = Field(250, ge=1)
     clusters_per_category: int = Field(2, ge=1)
     items_per_cluster: int = Field(100, ge=2)
-    latent_dim: int = Field(8, ge=1)
+    latent_dim: int = Field(4, ge=1)
     cluster_zipf: float = Field(0.8, ge=0)
     item_zipf: float = Field(0.8, ge=0)
     item_bias_std: float = Field(0.3, ge=0)
