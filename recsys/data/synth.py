@@ -141,9 +141,8 @@ class SynthConfig(StrictModel):
             raise ValueError("drift_window must be < min_length - 2")
         if self.num_clusters < self.interests_max + 2:
             raise ValueError("num_categories*clusters_per_category must exceed interests_max + 1")
-        if self.num_items < self.max_length + 2 * schema.NUM_EVAL_NEGATIVES:
-            raise ValueError(f"num_items ({self.num_items}) must be >= max_length + {2 * schema.NUM_EVAL_NEGATIVES} "
-                             "so every user has eval negatives")
+        if self.num_items < 2 * schema.NUM_EVAL_NEGATIVES:
+            raise ValueError(f"num_items ({self.num_items}) must be >= {2 * schema.NUM_EVAL_NEGATIVES} (eval negatives)")
         return self
 
 
@@ -355,6 +354,10 @@ def _eval_negatives(rng: np.random.Generator, row: np.ndarray, items: np.ndarray
     rejection; rows short of valid candidates are redrawn)."""
     need = schema.NUM_EVAL_NEGATIVES
     hist = np.unique(row * (n_items + 1) + items)
+    distinct = np.bincount(hist // (n_items + 1), minlength=u)
+    if distinct.max(initial=0) > n_items - need:
+        raise ValueError(f"num_items ({n_items}) too small: a user has {distinct.max()} distinct items, leaving fewer "
+                         f"than {need} eval negatives (raise num_categories/items_per_cluster)")
     out = np.zeros((u, need), dtype=np.int64)
     todo = np.arange(u)
     while len(todo):
