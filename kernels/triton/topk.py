@@ -33,7 +33,7 @@ import triton.language as tl
 
 from kernels.triton._common import check_cuda_or_interp, configs, interpreting, pow2
 
-_NEG = -9223372036854775807  # key of an empty slot / invalid position (below any real score's key)
+_NEG = tl.constexpr(-9223372036854775807)  # (constexpr: jit code may only read constexpr globals) key of an empty slot / invalid position (below any real score's key)
 
 
 def _dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
@@ -57,7 +57,7 @@ def _unpack(key):
     hi = (key >> 32).to(tl.int32)
     bits = hi ^ ((hi >> 31) & 0x7FFFFFFF)
     score = bits.to(tl.float32, bitcast=True)
-    pos = 2147483647 - (key & 0xFFFFFFFF)
+    pos = 2147483647 - (key - ((key >> 32) << 32))           # low 32 bits, no uint32 literal
     return score, pos
 
 
