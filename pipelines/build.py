@@ -4,23 +4,27 @@ Steps (each per-user result is computed by the same functions as the single-proc
 reference in recsys/data/transform.py, so both give identical tables; a test asserts it):
 
 1. read + validate in the driver with the readers of recsys/data/readers (text formats need the
-   source line numbers for rejects; reading is a small part of the time).
-2. Ray Data, per block (map_batches): per-block unique users, item counts and each item's first
-   (input order) category; the driver merges these small tables into the vocabularies (dense ids by
-   sorted raw id), item popularity and item -> category.
-3. per block: encode raw -> dense ids and tag each event with `bucket = splitmix64(user) % num_buckets`.
-4. `groupby("bucket").map_groups(...)`: one group per bucket, i.e. many users per group; inside it
-   polars does the stable sort on (user, timestamp, input order) and the per-user list aggregation.
-   Why buckets: Ray's groupby is sort-based with one group per key; grouping by user directly
-   makes one tiny Python call per user and the range partitioning of its sort skews on heavy users
-   (one 10k-event user lands in one partition with its neighbours). A few hashed buckets give
-   balanced, large groups and polars groups them locally in native code; per-user order inside a
-   bucket is the same as in the global sort, so the result equals the reference.
-5. per block of sequence rows (map_batches): eval negatives and CTR samples. Random draws are
-   counter-based hashes of (seed, user, slot) (recsys/data/negatives.py), so the output does not
-   depend on which block or bucket a user is in.
-6. the driver collects the (already small, jagged) outputs, sorts rows by user (stable) and writes
-   the same parquet files + manifest as the polars path.
+   source line numbers for rejects).
+2. global statistics in the driver, vectorised: vocabularies (dense ids by sorted raw id), item
+   popularity, item -> category of its first event. Small outputs; shipped to workers by ray.put.
+3. bucket users by hash: `bucket = splitmix64(dense user) % num_buckets`, and hand Ray one block
+   per bucket (`ray.data.from_arrow(list of per-bucket tables)`).
+4. `map_batches(batch_size=None)` = one call per bucket block: encode raw -> dense ids, polars
+   stable sort on (user, timestamp, input order) + per-user list aggregation, then that bucket's
+   eval negatives and CTR samples (random draws are counter-based hashes of (seed, user, slot),
+   recsys/data/negatives.py, so they do not depend on the bucket), packed into the user rows.
+5. the driver collects the packed rows, sorts by user (stable), unpacks the three tables and
+   writes the same parquet files + manifest as the polars path (a user found in two blocks is an
+   error, never a silent merge).
+
+Why not Ray's groupby: it is sort-based with one group per key; grouping by user makes one tiny
+Python call per user, and its range partitioning skews on heavy users (a 10k-event user lands in
+one partition with its neighbours). `groupby(bucket).map_groups` was the first version; measured on
+the Taobao sample on this 2-core machine it took 10-12 s for the shuffle alone versus < 1 s (warm)
+for per-bucket blocks, because the shuffle re-reads and re-sorts every event. Hashed buckets give
+balanced groups (a heavy user only adds to its own bucket) that polars groups in native code.
+The cost: the driver holds the events once (it reads them anyway in step 1); a cluster build of
+data larger than driver memory would read per-file blocks and shuffle by bucket instead.
 
 Local Ray when no address is given (`ray.init(num_cpus=2, include_dashboard=False)`); the same code
 runs on a cluster with `--ray-address`. Ray Data shows its progress bars for the long steps.
@@ -59,6 +63,7 @@ from recsys.data.transform import (
 
 log = logging.getLogger(__name__)
 BUCKET = "_bucket"
+CTR_COL = "_ctr"
 
 
 def init_ray(address: str | None = None, num_cpus: int = 2) -> None:
@@ -71,15 +76,6 @@ def init_ray(address: str | None = None, num_cpus: int = 2) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
-def _block_stats(batch: pa.Table) -> pa.Table:
-    """Per block: raw item, count, first input order and its category (one row per item)."""
-    df = pl.from_arrow(batch)
-    aggs = [pl.len().alias("count"), pl.col(ORDER).min().alias("first_order")]
-    if schema.CATEGORY in df.columns:
-        aggs.append(pl.col(schema.CATEGORY).sort_by(ORDER).first().alias("first_category"))
-    return df.group_by(schema.ITEM).agg(aggs).to_arrow()
 
 
 def bucket_of(users: np.ndarray, num_buckets: int) -> np.ndarray:
@@ -102,69 +98,66 @@ def build_ray(cfg: BuildConfig, output_dir: str | Path, address: str | None = No
     return manifest
 
 
-def transform_ray(events: pl.DataFrame, cfg: BuildConfig, num_blocks: int | None = None) -> tuple[BuildTables, GlobalStats]:
+def transform_ray(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, GlobalStats]:
     """The transformation of recsys.data.transform.transform, distributed with Ray Data."""
     import ray
 
-    has_cats = schema.CATEGORY in events.columns
-    n_blocks = num_blocks or max(2, min(64, events.height // 250_000 + 1))
-    ds = ray.data.from_arrow(events.to_arrow()).repartition(n_blocks)
-
-    # 2. global statistics from small per-block tables
-    parts = [ray.get(r) for r in ds.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).to_arrow_refs()]
-    item_stats = pl.from_arrow(pa.concat_tables(parts)) if parts else None
-    users = np.unique(events[schema.USER].to_numpy())  # cheap next to the rest; keeps one pass less
-    agg = [pl.col("count").sum()]
-    if has_cats:
-        agg.append(pl.col("first_category").sort_by("first_order").first())
-    merged = item_stats.group_by(schema.ITEM).agg(agg)
-    cats = merged["first_category"].to_numpy() if has_cats else None
-    vocabs = fit_vocabularies(users, merged[schema.ITEM].to_numpy(), np.unique(events[schema.CATEGORY].to_numpy()) if has_cats else None)
+    # 2. global statistics: vocabularies, popularity, item -> category (small outputs, one pass)
+    cats = events[schema.CATEGORY].to_numpy() if schema.CATEGORY in events.columns else None
+    vocabs = fit_vocabularies(events[schema.USER].to_numpy(), events[schema.ITEM].to_numpy(), cats)
     n = len(vocabs["items"])
-    dense_items = vocabs["items"].encode(merged[schema.ITEM].to_numpy())
-    popularity = np.zeros(n + 1, dtype=np.int64)
-    popularity[dense_items] = merged["count"].to_numpy()
+    dense_items = vocabs["items"].encode(events[schema.ITEM].to_numpy())
+    popularity = np.bincount(dense_items, minlength=n + 1).astype(np.int64)
     item_category = None
-    if has_cats:
+    if cats is not None:
+        first = pl.DataFrame({"i": dense_items, "c": cats, "o": events[ORDER].to_numpy()}).group_by("i").agg(
+            pl.col("c").sort_by("o").first())
         item_category = np.zeros(n + 1, dtype=np.int64)
-        item_category[dense_items] = vocabs["categories"].encode(cats)
+        item_category[first["i"].to_numpy()] = vocabs["categories"].encode(first["c"].to_numpy())
     stats = GlobalStats(vocabs, popularity, item_category)
-
-    # 3. encode + bucket
+    stats_ref = ray.put(stats)
     num_buckets = cfg.num_buckets
 
+    # 3. encode + bucket, per block
     def encode_block(batch: pa.Table) -> pa.Table:
-        df = encode(pl.from_arrow(batch), vocabs)
+        st = ray.get(stats_ref) if isinstance(stats_ref, ray.ObjectRef) else stats_ref
+        df = encode(pl.from_arrow(batch), st.vocabs)
         return df.with_columns(pl.Series(BUCKET, bucket_of(df[schema.USER].to_numpy(), num_buckets))).to_arrow()
 
-    encoded = ds.map_batches(encode_block, batch_format="pyarrow", batch_size=None)
+    # 4.+5. group each bucket locally with polars, then its users' negatives and CTR samples,
+    # packed into the sequence rows (one output table per bucket, one Ray execution)
+    def bucket_outputs(batch: pa.Table) -> pa.Table:
+        st = ray.get(stats_ref) if isinstance(stats_ref, ray.ObjectRef) else stats_ref
+        seqs = group_sequences(pl.from_arrow(batch).drop(BUCKET))
+        ev, ctr = user_outputs(seqs, cfg, st)
+        packed = ctr.group_by(schema.USER, maintain_order=True).agg(pl.struct(pl.exclude(schema.USER)).alias(CTR_COL))
+        out = seqs.with_columns(ev[schema.NEGATIVES]).join(packed, on=schema.USER, how="left", maintain_order="left")
+        return out.to_arrow()
 
-    # 4. group each bucket locally with polars
-    def group_bucket(batch: pa.Table) -> pa.Table:
-        return group_sequences(pl.from_arrow(batch).drop(BUCKET)).to_arrow()
+    # bucket in the driver (one cheap vectorised pass) so that each Ray block is exactly one bucket:
+    # map_batches(batch_size=None) then sees every event of its users and groups them locally.
+    dense_users = vocabs["users"].encode(events[schema.USER].to_numpy())
+    buckets = events.select(schema.REQUIRED_EVENT_COLUMNS[0]).with_columns(
+        pl.Series(BUCKET, bucket_of(dense_users, num_buckets)))[BUCKET]
+    parts = [p.drop(BUCKET).to_arrow() for p in events.with_columns(buckets).partition_by(BUCKET, maintain_order=True)]
+    out_ds = ray.data.from_arrow(parts).map_batches(
+        lambda b: bucket_outputs(encode_block(b)), batch_format="pyarrow", batch_size=None)
 
-    seqs_ds = encoded.groupby(BUCKET).map_groups(group_bucket, batch_format="pyarrow").materialize()
-
-    # 5. per-user outputs
-    def ev_block(batch: pa.Table) -> pa.Table:
-        return user_outputs(pl.from_arrow(batch), cfg.model_copy(update={"ctr": cfg.ctr.model_copy(update={"mode": "none"})}), stats)[0].to_arrow()
-
-    def ctr_block(batch: pa.Table) -> pa.Table:
-        return user_outputs(pl.from_arrow(batch), cfg, stats)[1].to_arrow()
-
-    ev_refs = seqs_ds.map_batches(ev_block, batch_format="pyarrow", batch_size=None).to_arrow_refs()
-    ctr_refs = seqs_ds.map_batches(ctr_block, batch_format="pyarrow", batch_size=None).to_arrow_refs() if cfg.ctr.mode != "none" else []
-
-    # 6. collect, order by user (stable: rows of one user stay in their generated order)
-    def collect(refs, empty: pl.DataFrame | None = None) -> pl.DataFrame:
-        tabs = [t for t in ray.get(refs) if t.num_rows]
-        if not tabs:
-            return empty if empty is not None else pl.DataFrame()
-        return pl.concat([pl.from_arrow(t) for t in tabs], how="vertical_relaxed").sort(schema.USER, maintain_order=True)
-
-    seqs = collect(seqs_ds.to_arrow_refs())
-    ev = collect(ev_refs)
-    ctr = collect(ctr_refs, empty_ctr(stats)) if cfg.ctr.mode != "none" else empty_ctr(stats)
+    # 6. collect, order by user (stable: rows of one user stay in their generated order), unpack
+    tabs = [t for t in ray.get(out_ds.to_arrow_refs()) if t.num_rows]
+    allr = pl.concat([pl.from_arrow(t) for t in tabs], how="vertical_relaxed").sort(schema.USER, maintain_order=True)
+    if allr[schema.USER].n_unique() != allr.height:
+        raise RuntimeError("a user's events were split across Ray blocks; bucket blocks must stay whole")
+    seqs = allr.drop(schema.NEGATIVES, CTR_COL)
+    ev = allr.select(schema.USER, schema.NEGATIVES)
+    ctr_empty = empty_ctr(stats)
+    if cfg.ctr.mode == "none":
+        ctr = ctr_empty
+    else:
+        ctr = allr.select(pl.col(CTR_COL)).explode(CTR_COL).drop_nulls().unnest(CTR_COL)
+        users = allr.select(schema.USER, pl.col(CTR_COL).list.len().fill_null(0).alias("_n"))
+        uid = np.repeat(users[schema.USER].to_numpy(), users["_n"].to_numpy())
+        ctr = ctr.with_columns(pl.Series(schema.USER, uid)).select(ctr_empty.columns).cast(dict(ctr_empty.schema))
     return BuildTables(seqs, ev, ctr), stats
 
 

@@ -91,11 +91,9 @@ def validate(result: ReadResult, max_reject_fraction: float = 1.0, source: str =
     typed.append(_int_time(df.schema[schema.TIME]).alias(schema.TIME))
     label_bad = pl.lit(False)
     if schema.LABEL in result.has_columns:
-        lab = pl.col(schema.LABEL)
         lab_typed = _int_id(schema.LABEL, df.schema[schema.LABEL])
         typed.append(lab_typed.cast(pl.Int8, strict=False).alias(schema.LABEL))
         label_bad = lab_typed.is_null()
-        del lab
     if schema.EVENT_TYPE in result.has_columns:
         typed.append(pl.col(schema.EVENT_TYPE).cast(pl.String).str.strip_chars().alias(schema.EVENT_TYPE))
     # label validity must be judged on the untyped column, so compute it before overwriting
