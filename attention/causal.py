@@ -4,8 +4,9 @@ Two layer-norm placements:
 - "query_only" (official kang205 TF code, pmixer <= 9f6a02b, MQSA-TED's code): only the query is
   normalised, K and V come from the raw input, and both residuals add the *normalised* input:
   Q = LN(x); x = Q + Attn(Q, x, x); Z = LN(x); x = Z + FFN(Z).
-- "pre_ln" (standard Pre-LN, pmixer `--norm_first`): x = q + Attn(LN(q), LN(x), LN(x));
-  x = x + FFN(LN(x)), where q is the query input (x itself for SASRec).
+- "pre_ln" (standard Pre-LN, pmixer `--norm_first`): x = q + Dropout(Attn(LN(q), LN(x), LN(x)));
+  x = x + FFN(LN(x)), where q is the query input (x itself for SASRec) and the same LN normalises
+  query, keys and values.
 
 As in the official code, Q/K/V are dense layers with bias and there is no output projection.
 Padded keys are masked. With left padding a padded query row has no valid key, which would make
@@ -85,7 +86,6 @@ class CausalSelfAttentionBlock(nn.Module):
             raise ValueError(f"norm must be 'query_only' or 'pre_ln', got {norm!r}")
         self.num_heads, self.norm, self.dropout = num_heads, norm, dropout
         self.attn_norm = nn.LayerNorm(dim, eps=eps)
-        self.kv_norm = nn.LayerNorm(dim, eps=eps) if norm == "pre_ln" else None
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
@@ -121,7 +121,8 @@ class CausalSelfAttentionBlock(nn.Module):
             z = self.ffn_norm(x)
             x = z + self.ffn(z)
         else:
-            kv = self.kv_norm(x)
-            x = q_src + self.resid_drop(self._attend(self.attn_norm(q_src), kv, mask)) * keep
+            kv = self.attn_norm(x)  # one LN for query, key and value (standard Pre-LN)
+            q = kv if query is None else self.attn_norm(q_src)
+            x = q_src + self.resid_drop(self._attend(q, kv, mask)) * keep
             x = x + self.ffn(self.ffn_norm(x))
         return x * keep  # [B,n,d], padded rows zero
