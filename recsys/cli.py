@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         parsers[path] = leaf
         try:
             configure = loader()
-        except ImportError as exc:  # a plugin whose optional deps are missing stays visible
+        except (ImportError, AttributeError) as exc:  # a broken/missing plugin stays visible, others work
             leaf.set_defaults(func=_unavailable(name, exc))
             continue
         configure(leaf)
