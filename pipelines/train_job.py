@@ -29,8 +29,8 @@ Design choices (and why):
   and at the end. `FailureConfig(max_failures)` restarts the worker group after a worker dies, and
   each restarted worker restores the latest reported checkpoint (`ray.train.get_checkpoint()`)
   into the run directory before calling `fit(resume=True)`.
-- Failure injection for tests: `fail_at: {rank, step, marker}` in the loop config makes that rank
-  `os._exit(1)` once at that global step (the marker file records that it already happened).
+- Failure injection for tests: `fail_at: {rank, step, marker[, delay_s]}` in the loop config makes
+  that rank `os._exit(1)` once at that global step (the marker file records that it happened).
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ class _EqualSteps:
             if not marker.exists():
                 marker.write_text(json.dumps({"rank": self.rank, "step": self.global_step, "pid": os.getpid()}))
                 log.warning("fail_at: rank %d exits at global step %d (test hook)", self.rank, self.global_step)
+                # a report still in flight when a worker dies is lost (the controller collects
+                # reports on its health-check poll, every 2 s); a real failure comes long after the
+                # last report, so the hook waits for the poll before dying
+                time.sleep(float(f.get("delay_s", 6.0)))
                 os._exit(1)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -275,7 +279,8 @@ def train_with_ray(cfg: Any, workers: int, *, resume: bool = False, use_gpu: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, run_dir / "config.yaml")
     ensure_ray()
-    storage = Path(storage_path) if storage_path else run_dir / "ray_results"
+    # Ray Train's own files live next to (not inside) the run directory, whose manifest covers every file
+    storage = Path(storage_path) if storage_path else run_dir.parent / "_ray_results"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "resume": resume,
