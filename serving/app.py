@@ -199,6 +199,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if svc.ready:  # the batcher belongs to one event loop: one running instance per app
+            raise RuntimeError("this app is already running (create_app once per server)")
         if svc.store is None:
             svc.store = open_store(settings.store, settings.max_history)
             svc.owns_store = True
