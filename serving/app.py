@@ -230,6 +230,7 @@ def create_app(
             await svc.batcher.stop()
             if svc.owns_store:
                 svc.store.close()
+            log.info("serving: shutdown complete (batcher drained, store closed)")
 
     app = FastAPI(
         title="recsys scoring service",
