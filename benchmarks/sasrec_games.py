@@ -6,6 +6,10 @@ sampled-100 reaches both bars, checked at every evaluation; the test split is on
 the best weights).
 
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10
+    .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --negatives 8        # not the paper's loss
+    .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --batching random    # plain shuffled batches
+
+Results: benchmarks/results/sasrec_games.json (bucketed, BCE-1), otherwise sasrec_games_<batching>_neg<K>.json.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--norm", choices=["query_only", "pre_ln"], default="query_only")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batching", choices=["bucketed", "random"], default="bucketed",
+                    help="bucketed: users of similar length share a batch (train.bucket_by_length); random: plain shuffle")
+    ap.add_argument("--negatives", type=int, default=1, help="BCE negatives per position (paper: 1)")
     ap.add_argument("--output-dir", default=str(REPO / "runs" / "bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -40,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     data = read_yaml(REPO / "configs/experiments/sasrec_games.yaml")
     data["data"]["build_dir"] = str(REPO / "runs/games/build")
     data["model"]["norm"] = args.norm
-    data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every, patience=None)
-    data.update(output_dir=args.output_dir, seed=args.seed, name=f"sasrec-games-{args.norm}-s{args.seed}")
+    data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every, patience=None,
+                         bucket_by_length=args.batching == "bucketed")
+    data["loss"]["num_negatives"] = args.negatives
+    variant = "" if (args.batching, args.negatives) == ("bucketed", 1) else f"_{args.batching}_neg{args.negatives}"
+    data.update(output_dir=args.output_dir, seed=args.seed,
+                name=f"sasrec-games-{args.norm}-{args.batching}-neg{args.negatives}-s{args.seed}")
     cfg = parse_experiment(data, "sasrec_games")
     run_dir = run_experiment(cfg, resume=False)
     ev = json.loads((run_dir / "eval.json").read_text())
@@ -58,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = (f"training budget {args.max_minutes} min ({fit['epochs_run']} full epochs run, stop: {fit['stop_reason']}, "
               f"best valid epoch {fit['best_epoch']}); paper trains 201 epochs")
     base = (f"leave-one-out, test, best weights by valid full NDCG@10 (eval every {args.eval_every} epochs, valid on "
-            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; {budget}; torch threads {args.threads}")
+            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss BCE with {args.negatives} "
+            f"negative(s) per position{' (paper: 1)' if args.negatives != 1 else ' (paper)'}; batches "
+            f"{'length-bucketed (seeded shuffle, stable sort by length, shuffled batch order)' if args.batching == 'bucketed' else 'random users'}; "
+            f"{budget}; torch threads {args.threads}")
     cmd = ".venv/bin/python -m benchmarks.sasrec_games " + " ".join(argv if argv is not None else sys.argv[1:])
     from benchmarks.results import row, write_rows
 
@@ -81,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for x in rows:
         print(f"{x['metric']:>18s} = {x['value']}  [{x['protocol']}]")
-    print(f"wrote {write_rows(f'sasrec_games', rows)}")
+    print(f"wrote {write_rows(f'sasrec_games{variant}', rows)}")
     return 0
 
 

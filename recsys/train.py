@@ -19,6 +19,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -65,6 +66,9 @@ class TrainConfig(StrictModel):
     max_minutes: float | None = Field(None, gt=0)
     #: update the progress bar (loss, samples/s) every this many steps
     log_every: int = Field(20, ge=1)
+    #: batch samples of similar length together (passed to the task's train_batches, which must
+    #: accept `bucket_by_length`); a speed option for padded sequences, see NextItemTask
+    bucket_by_length: bool = False
 
 
 @dataclass
@@ -297,6 +301,12 @@ def fit(
     if state.get("stopped"):
         stop_reason = state["stopped"]
 
+    batch_kwargs: dict[str, Any] = {}
+    if cfg.bucket_by_length:
+        if "bucket_by_length" not in inspect.signature(task.train_batches).parameters:
+            raise ValueError(f"train.bucket_by_length: task {type(task).__name__} does not support length bucketing")
+        batch_kwargs["bucket_by_length"] = True
+
     from tqdm.auto import tqdm
 
     while state["epoch"] < cfg.epochs and not state.get("stopped"):
@@ -311,7 +321,7 @@ def fit(
         n_steps = n_samples = 0
         window_samples, window_start = 0, time.perf_counter()
         out_of_time = False
-        for batch in task.train_batches(epoch, cfg.batch_size, generator):
+        for batch in task.train_batches(epoch, cfg.batch_size, generator, **batch_kwargs):
             batch = _to_device(batch, device)
             loss, logs = task.loss(model, batch)
             if not torch.isfinite(loss):
