@@ -3,8 +3,8 @@
 `--workers 0` runs the experiment in-process without Ray (`recsys.experiment.run_experiment`).
 `--workers N >= 1` runs Ray Train's `TorchTrainer` with N workers; every worker calls the SAME
 generic loop `recsys.train.fit` with its `(rank, world_size)`; rank 0 then writes the run
-directory exactly as `run_experiment` does (weights, config, vocab, metrics.jsonl, eval.json,
-index, manifest).
+directory with the same `recsys.experiment.finalize_run` as `run_experiment` (weights, config,
+vocab, metrics.jsonl, eval.json, index, manifest).
 
 Design choices (and why):
 - Data sharding: each worker's task is built by `recsys.experiment.build_task(cfg, rank,
@@ -120,18 +120,6 @@ def _global_max(value: int) -> int:
     return value
 
 
-def _shard_ctr_if_needed(task: Any, rank: int, world_size: int) -> Any:
-    """experiment.build_task does not pass (rank, world_size) to the CTR task yet: shard it here
-    the same way CTRTask does (strided over the train samples) when it still holds all of them."""
-    import numpy as np
-
-    train = getattr(task, "train", None)
-    full = getattr(task, "splits", {}).get("train") if hasattr(task, "splits") else None
-    if world_size > 1 and train is not None and full is not None and len(train) == len(full):
-        task.train = full.take(np.arange(rank, len(full), world_size))
-    return task
-
-
 def _wrap_gpu_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """torchrec DistributedModelParallel: the planner shards the embedding tables over the workers,
     the dense rest is wrapped in DDP. GPU + NCCL only (not run on CPU)."""
@@ -176,7 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build this rank's task and the model, run `fit`, rank 0 writes the run dir."""
     import ray.train
 
-    from recsys.experiment import build_model, build_task, parse_experiment
+    from recsys.experiment import build_model, build_task, finalize_run, parse_experiment
     from recsys.train import CHECKPOINT_DIR, fit
 
     torch.set_num_threads(1)
@@ -188,7 +176,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_gpu = bool(config.get("use_gpu"))
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
 
-    task = _shard_ctr_if_needed(build_task(cfg, rank=rank, world_size=world), rank, world)
+    task = build_task(cfg, rank=rank, world_size=world)  # this rank's strided shard (next-item and CTR)
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, task).to(device)
     if use_gpu:
@@ -222,34 +210,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                  rank=rank, world_size=world, device=device)
     final = {"best_metric": result.best_metric, "best_epoch": result.best_epoch, "done": 1}
     if rank == 0:
-        _write_run_dir(cfg, task, getattr(model, "module", model), result, run_dir, world)
+        finalize_run(cfg, task, getattr(model, "module", model).cpu(), result, run_dir, extra={"ray_workers": world})
     report(result.epochs_run, final)
-
-
-def _write_run_dir(cfg: Any, task: Any, model: torch.nn.Module, result: Any, run_dir: Path, world: int) -> None:
-    """The tail of recsys.experiment.run_experiment (evaluate, weights, vocab, index, manifest).
-    TODO(experiment owner): expose it as `experiment.finalize_run` and call that here instead."""
-    from recsys import artifacts
-    from recsys.experiment import EVAL_FILE, evaluate_model
-    from recsys.train import CHECKPOINT_DIR
-
-    model = model.cpu()
-    evaluation = evaluate_model(task, model, cfg)
-    evaluation["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                         "stop_reason": result.stop_reason, "train_seconds": result.seconds,
-                         "best_valid_" + task.primary_metric: result.best_metric, "ray_workers": world}
-    (run_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=1, sort_keys=True))
-    artifacts.save_weights(model, run_dir / artifacts.WEIGHTS_FILE)
-    artifacts.copy_vocab(cfg.data.build_dir, run_dir)
-    if cfg.task == "next_item":
-        from recsys.retrieval import build_index, save_index
-
-        with torch.no_grad():
-            save_index(build_index(model.item_embeddings(), cfg.eval.index), run_dir / artifacts.INDEX_FILE)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    artifacts.write_manifest(run_dir, extra={"name": cfg.name, "task": cfg.task, "model": cfg.model["name"],
-                                             "build_dir": str(cfg.data.build_dir), "ray_workers": world})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -117,8 +117,9 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
         return NextItemTask(build_dir, max_len, cfg.loss, eval_batch_size=cfg.eval.batch_size,
                             valid_max_users=cfg.eval.valid_max_users, ks=cfg.eval.ks, rank=rank,
                             world_size=world_size)
-    # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it
-    return _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg())
+    # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it; it keeps
+    # the strided shard `rank::world_size` of the train samples (valid/test stay whole)
+    return _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
 
 
 def _num_categories(build_dir: Path) -> int:
@@ -178,10 +179,22 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True, device: str | 
         model.to(device)
     dump_yaml(cfg, run_dir / artifacts.CONFIG_FILE)
     result: FitResult = fit(model, task, train_cfg, run_dir, resume=resume, device=device)
+    return finalize_run(cfg, task, model, result, run_dir)
+
+
+def finalize_run(cfg: ExperimentConfig, task: Any, model: torch.nn.Module, result: FitResult, run_dir: Path,
+                 *, extra: dict[str, Any] | None = None) -> Path:
+    """The end of a run, after `fit` (in-process or rank 0 of a Ray Train job): eval.json (valid and
+    test with the model's current = best weights, plus the fit summary), weights, vocab copy,
+    retrieval index (next-item), checkpoint cleanup (unless `keep_checkpoints`) and the manifest.
+    `extra` is merged into eval.json's "fit" and the manifest (e.g. {"ray_workers": 2}).
+    Returns `run_dir`."""
+    run_dir = Path(run_dir)
+    extra = dict(extra or {})
     evaluation = evaluate_model(task, model, cfg)
     evaluation["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                          "stop_reason": result.stop_reason, "train_seconds": result.seconds,
-                         "best_valid_" + task.primary_metric: result.best_metric}
+                         "best_valid_" + task.primary_metric: result.best_metric, **extra}
     (run_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=1, sort_keys=True))
     artifacts.save_weights(model, run_dir / artifacts.WEIGHTS_FILE)
     artifacts.copy_vocab(cfg.data.build_dir, run_dir)
@@ -193,7 +206,7 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True, device: str | 
     if not cfg.keep_checkpoints:
         shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     artifacts.write_manifest(run_dir, extra={"name": cfg.name, "task": cfg.task, "model": cfg.model["name"],
-                                             "build_dir": str(cfg.data.build_dir)})
+                                             "build_dir": str(cfg.data.build_dir), **extra})
     return run_dir
 
 

@@ -89,6 +89,49 @@ def test_run_directory_and_reload(build: Path, tmp_path: Path, capsys) -> None:
     assert seen_raw <= set(json.loads(capsys.readouterr().out)["items"])
 
 
+def test_build_task_shards_ctr_train_samples_by_rank(tmp_path: Path) -> None:
+    """Ray workers get their CTR shard from build_task: ranks are disjoint, cover every train
+    sample once, and keep valid/test whole (rank 0 evaluates them all)."""
+    from recsys.cli import main
+    from recsys.experiment import build_task
+
+    build = tmp_path / "synth"
+    assert main(["data", "synth", "--users", "24", "--max-len", "160", "--min-len", "120", "--median-len", "130",
+                 "--seed", "0", "--output", str(build)]) == 0
+    cfg = _cfg(build, tmp_path, task="ctr", model={"name": "din", "item_dim": 4, "cat_dim": 4})
+    full = build_task(cfg)
+    shards = [build_task(cfg, rank=r, world_size=3) for r in range(3)]
+    got = np.sort(np.concatenate([t.train.index for t in shards]))
+    assert np.array_equal(got, np.sort(full.train.index)) and len(full.train) > 3
+    assert all(np.array_equal(t.train.index, full.train.index[r::3]) for r, t in enumerate(shards))
+    assert all(len(t.splits["test"]) == len(full.splits["test"]) for t in shards)
+    with pytest.raises(ValueError, match="rank"):
+        build_task(cfg, rank=3, world_size=3)
+
+
+def test_finalize_run_records_extra_fields(build: Path, tmp_path: Path) -> None:
+    """finalize_run (shared by run_experiment and the Ray job's rank 0) writes the complete model
+    directory; `extra` lands in eval.json's fit summary and in the manifest."""
+    from recsys import artifacts
+    from recsys.experiment import build_model, build_task, finalize_run
+    from recsys.train import fit
+
+    cfg = _cfg(build, tmp_path / "runs", train={"epochs": 1, "batch_size": 16, "lr": 0.01})
+    cfg.run_dir.mkdir(parents=True)
+    task = build_task(cfg)
+    model = build_model(cfg, task)
+    result = fit(model, task, cfg.train_cfg(), cfg.run_dir)
+    assert (cfg.run_dir / "checkpoints").is_dir()
+    out = finalize_run(cfg, task, model, result, cfg.run_dir, extra={"ray_workers": 3})
+    assert out == cfg.run_dir and not (out / "checkpoints").exists()
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["fit"]["ray_workers"] == 3 and ev["fit"]["epochs_run"] == 1 and "test/full/ndcg@10" in ev
+    manifest = json.loads((out / artifacts.MANIFEST_FILE).read_text())
+    assert manifest["ray_workers"] == 3, manifest
+    artifacts.verify_manifest(out)
+    assert (out / "index.faiss").is_file()
+
+
 def test_recommend_matches_bruteforce(build: Path, tmp_path: Path) -> None:
     from recsys.retrieval import Recommender
 
@@ -162,5 +205,10 @@ def test_real_games_subset_beats_popularity(shared_data: Path, tmp_path: Path) -
 def test_shipped_experiment_configs_validate(path: Path) -> None:
     from recsys.experiment import load_experiment
 
+    from recsys.models.registry import model_task
+
     cfg = load_experiment(path)
-    assert cfg.task == "next_item" and cfg.model_cfg().max_len >= 1
+    mcfg = cfg.model_cfg()
+    assert model_task(mcfg.name) == cfg.task, (mcfg.name, cfg.task)
+    if cfg.task == "next_item":
+        assert mcfg.max_len >= 1
