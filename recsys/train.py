@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import Field
@@ -257,6 +257,7 @@ def fit(
     world_size: int = 1,
     device: str | torch.device | None = None,
     restore_best: bool = True,
+    on_epoch_end: Callable[[int, Path], None] | None = None,
 ) -> FitResult:
     """Train `model` on `task` for `cfg.epochs` epochs (or until early stopping / time budget).
 
@@ -264,6 +265,9 @@ def fit(
     `primary_metric` (higher is better) selects the best weights (checkpoints/best.safetensors)
     and drives early stopping. With `restore_best` the model ends holding the best weights.
     With `resume` and an existing checkpoint in `run_dir`, training continues after its epoch.
+    `on_epoch_end(epoch, checkpoint_path)` is called on EVERY rank after each full epoch, once rank 0
+    has written that epoch's checkpoint (e.g. a Ray Train worker's `ray.train.report`, which every
+    worker must call); not after a partial epoch cut by the time budget (it is not checkpointed).
     """
     run_dir = Path(run_dir)
     is_main = rank == 0
@@ -409,6 +413,8 @@ def fit(
         start = time.perf_counter()
         if is_main:
             save_checkpoint(ckpt_path, model, opt, generator, state)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, ckpt_path)
         if is_main:
             log.info("epoch %d: loss %.4f, %s %s", epoch, record["train/loss"], primary, record.get(f"valid/{primary}"))
 
