@@ -265,9 +265,10 @@ def fit(
     `primary_metric` (higher is better) selects the best weights (checkpoints/best.safetensors)
     and drives early stopping. With `restore_best` the model ends holding the best weights.
     With `resume` and an existing checkpoint in `run_dir`, training continues after its epoch.
-    `on_epoch_end(epoch, checkpoint_path)` is called on EVERY rank after each full epoch, once rank 0
-    has written that epoch's checkpoint (e.g. a Ray Train worker's `ray.train.report`, which every
-    worker must call); not after a partial epoch cut by the time budget (it is not checkpointed).
+    `on_epoch_end(epoch, checkpoint_path)` is called on EVERY rank after each full epoch (e.g. a Ray
+    Train worker's `ray.train.report`, which every worker must call); on rank 0 the epoch's checkpoint
+    is already written (other ranks have no barrier with it: only rank 0 should read the file). Not
+    called after a partial epoch cut by the time budget (it is not checkpointed).
     """
     run_dir = Path(run_dir)
     is_main = rank == 0
