@@ -139,7 +139,8 @@ def main() -> None:
     data = (f"planted synth ({cfg.num_users} users, {cfg.num_items} items, lengths median {ls['median']:.0f} "
             f"max {ls['max']}, seed {cfg.seed})")
     budget = f"Adam lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}, best-valid-AUC epoch"
-    command = f".venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} --seed {args.seed}"
+    command = (f".venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} --seed {args.seed} "
+               f"--models {args.models} --out {args.out}")
     rows, results, models = [], {}, {}
     for name in args.models.split(","):
         model, res = train_and_eval(task, MODELS[name], num_cats, args, args.seed)

@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dims = [int(x) for x in args.dims.split(",")]
     command = (f".venv/bin/python -m benchmarks.dare_attention_dim --dims {args.dims} --epochs {args.epochs} "
-               f"--max-history {args.max_history}")
+               f"--max-history {args.max_history}" + (" --skip-auc" if args.skip_auc else ""))
     rows, out = [], {}
     b, c, length, k = 64, 16, 2000, 20
     base = None
