@@ -80,7 +80,7 @@ async def load(port: int, user: int, cands: list[list[int]], concurrency: int, s
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=600) as client:
         for c in cands[:3]:  # warm-up (also caches the user's state)
             (await client.post("/v1/score", json={"user_id": user, "candidates": c})).raise_for_status()
         deadline = time.perf_counter() + seconds

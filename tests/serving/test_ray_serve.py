@@ -26,7 +26,7 @@ def test_two_replicas_share_the_redis_store(model_dirs: dict[str, Path], redis_u
     port = free_port()
     ray_serve.deploy(settings, replicas=2, port=port)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
             assert c.get("/readyz").status_code == 200
             cands = load_vocabularies(model_dirs["sdim"])["items"].raw_ids[:4].tolist()
             events = [{"event_id": f"r{k}", "user_id": 42, "item_id": cands[k % 4], "timestamp": k} for k in range(6)]
