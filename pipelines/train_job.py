@@ -24,9 +24,10 @@ Design choices (and why):
   (`EmbeddingShardingPlanner` over the cluster topology) shards the torchrec embedding tables
   (`embedding_backend: torchrec` models) across workers and wraps the dense rest in DDP. This path
   needs CUDA + NCCL and is not exercised by the CPU test suite.
-- Checkpoints: `fit` writes its exact-resume checkpoint at the end of every epoch; the worker
-  reports it to Ray Train (`ray.train.report(metrics, checkpoint=...)`) when the next epoch starts
-  and at the end. `FailureConfig(max_failures)` restarts the worker group after a worker dies, and
+- Checkpoints: `fit` writes its exact-resume checkpoint at the end of every epoch and then calls
+  its `on_epoch_end` hook on every worker, which reports to Ray Train
+  (`ray.train.report(metrics, checkpoint=...)`; every worker must call it, rank 0 attaches the
+  checkpoint); a last report (metrics only) follows rank 0 writing the run directory. `FailureConfig(max_failures)` restarts the worker group after a worker dies, and
   each restarted worker restores the latest reported checkpoint (`ray.train.get_checkpoint()`)
   into the run directory before calling `fit(resume=True)`.
 - Failure injection for tests: `fail_at: {rank, step, marker[, delay_s]}` in the loop config makes
@@ -55,14 +56,13 @@ CHECKPOINT_FILES = ("checkpoint.safetensors", "checkpoint.json", "best.safetenso
 # ----------------------------------------------------------------------------------------------
 # the task seen by fit inside a Ray worker
 class _EqualSteps:
-    """Wraps this worker's task: the same number of steps on every rank, a Ray Train report (with
-    the checkpoint of the epoch just finished) when a new epoch starts, optional failure injection,
-    and validation computed on rank 0 only (fit broadcasts rank 0's value; other ranks skip the work)."""
+    """Wraps this worker's task: the same number of steps on every rank, optional failure
+    injection, and validation computed on rank 0 only (fit broadcasts rank 0's value; other ranks
+    skip the work)."""
 
-    def __init__(self, task: Any, rank: int, world_size: int, steps: int, run_dir: Path,
-                 fail_at: dict[str, Any] | None, report: Any) -> None:
+    def __init__(self, task: Any, rank: int, world_size: int, steps: int, fail_at: dict[str, Any] | None) -> None:
         self.task, self.rank, self.world_size, self.steps = task, rank, world_size, steps
-        self.run_dir, self.fail_at, self.report = run_dir, fail_at, report
+        self.fail_at = fail_at
         self.primary_metric = task.primary_metric
         self.global_step = 0
         self.last_loss: float | None = None
@@ -71,8 +71,6 @@ class _EqualSteps:
         return self.steps
 
     def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        if epoch > 1:
-            self.report(epoch - 1)
         self.global_step = (epoch - 1) * self.steps
         n, last = 0, None
         for batch in self.task.train_batches(epoch, batch_size, generator):
@@ -186,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     metrics_path = run_dir / "metrics.jsonl"
 
     def report(epoch: int, final: dict[str, Any] | None = None) -> None:
-        """All ranks report; rank 0 attaches the checkpoint directory of epoch `epoch`."""
+        """All ranks report; after an epoch (`final` None) rank 0 attaches its checkpoint directory."""
         metrics: dict[str, Any] = {"epoch": epoch, "rank0_last_loss": wrapped.last_loss}
         if rank == 0 and metrics_path.exists():
             lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
@@ -194,7 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics.update({k: v for k, v in lines[-1].items() if isinstance(v, (int, float)) and v is not None})
         metrics.update(final or {})
         ckpt = None
-        if rank == 0 and (run_dir / CHECKPOINT_DIR / CHECKPOINT_FILES[0]).is_file():
+        if final is None and rank == 0 and (run_dir / CHECKPOINT_DIR / CHECKPOINT_FILES[0]).is_file():
             stage = Path(tempfile.mkdtemp(prefix="ckpt_", dir=run_dir))
             for name in CHECKPOINT_FILES:
                 src = run_dir / CHECKPOINT_DIR / name
@@ -205,9 +203,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if ckpt is not None:
             shutil.rmtree(ckpt.path, ignore_errors=True)  # Ray has persisted its own copy
 
-    wrapped = _EqualSteps(task, rank, world, steps, run_dir, config.get("fail_at"), report)
+    wrapped = _EqualSteps(task, rank, world, steps, config.get("fail_at"))
     result = fit(model, wrapped, train_cfg, run_dir, resume=restored or bool(config.get("resume")),
-                 rank=rank, world_size=world, device=device)
+                 rank=rank, world_size=world, device=device, on_epoch_end=lambda epoch, _ckpt: report(epoch))
     final = {"best_metric": result.best_metric, "best_epoch": result.best_epoch, "done": 1}
     if rank == 0:
         finalize_run(cfg, task, getattr(model, "module", model).cpu(), result, run_dir, extra={"ray_workers": world})

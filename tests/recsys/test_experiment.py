@@ -132,6 +132,27 @@ def test_finalize_run_records_extra_fields(build: Path, tmp_path: Path) -> None:
     assert (out / "index.faiss").is_file()
 
 
+def test_fit_on_epoch_end_sees_each_epochs_checkpoint(build: Path, tmp_path: Path) -> None:
+    """The hook the Ray job reports through: called once per finished epoch, after that epoch's
+    checkpoint is on disk; a resumed fit calls it only for the epochs it runs."""
+    from recsys.experiment import build_model, build_task
+    from recsys.train import fit
+
+    cfg = _cfg(build, tmp_path / "runs", train={"epochs": 2, "batch_size": 16, "lr": 0.01})
+    task = build_task(cfg)
+    seen: list[tuple[int, int]] = []
+
+    def hook(epoch: int, ckpt: Path) -> None:
+        seen.append((epoch, json.loads(ckpt.with_name("checkpoint.json").read_text())["loop"]["epoch"]))
+
+    fit(build_model(cfg, task), task, cfg.train_cfg(), cfg.run_dir, on_epoch_end=hook)
+    assert seen == [(1, 1), (2, 2)]
+    seen.clear()
+    more = cfg.train_cfg().model_copy(update={"epochs": 3})
+    fit(build_model(cfg, task), task, more, cfg.run_dir, resume=True, on_epoch_end=hook)
+    assert seen == [(3, 3)]
+
+
 def test_recommend_matches_bruteforce(build: Path, tmp_path: Path) -> None:
     from recsys.retrieval import Recommender
 
