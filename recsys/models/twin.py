@@ -9,6 +9,8 @@ Head: [v_t, u, v_t ⊙ u] -> BN -> 200 -> PReLU -> 80 -> PReLU -> 1; optional au
 full (non-top-K) attention through BN -> 200 -> PReLU -> 1.
 
 `TwoStageCTR` is shared with DARE, which only swaps in a second (attention) table.
+`retrieval_indices(batch, k)` exposes stage 1 alone (the searched history slots), which
+pipelines/report.py scores against a planted build's relevant positions.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from recsys.models.ctr_common import (
     BehaviourEmbedding,
     CTRHead,
     CTRModel,
+    _ops,
     append_history,
+    check_ctr_batch,
     init_normal_,
     relative_positions,
 )
@@ -85,15 +89,36 @@ class TwoStageCTR(CTRModel):
     def _features(self, vt: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         return torch.cat([vt, u, vt * u], dim=-1)
 
-    def _paths(self, q, keys, values, lengths, hist_cats, target_cats):
-        """q [B,C,da], keys [B,L,da], values [B,L,dr] -> dict(u, indices, scores)."""
-        indices = None
+    def _search(self, q, keys, lengths, hist_cats, target_cats, k: int) -> torch.Tensor:
+        """Stage 1: q [B,C,da] (pre-scaled), keys [B,L,da], lengths [B], hist_cats [B,L],
+        target_cats [B,C] -> indices [B,C,k] best first (-1 = empty slot). No gradient."""
         if self.search == "hard":
             if self.att_emb.cat is None:  # no category field: hard search = the K most recent
                 hist_cats, target_cats = torch.zeros_like(hist_cats), torch.zeros_like(target_cats)
-            indices = hard_search_indices(hist_cats, lengths, target_cats, self.top_k)
+            return hard_search_indices(hist_cats, lengths, target_cats, k)
+        return _ops().topk_target_search(q.detach(), keys.detach(), lengths, k)[1]
+
+    def _paths(self, q, keys, values, lengths, hist_cats, target_cats):
+        """q [B,C,da], keys [B,L,da], values [B,L,dr] -> dict(u, indices)."""
+        indices = self._search(q, keys, lengths, hist_cats, target_cats, self.top_k)
         u, indices = two_stage_attention(q, keys, values, lengths, self.top_k, indices)
         return {"u": u, "indices": indices}
+
+    @torch.no_grad()
+    def retrieval_indices(self, batch: dict[str, torch.Tensor], k: int | None = None) -> torch.Tensor:
+        """The search stage alone: the `k` history slots (of the right-padded `hist_items`, so slot j
+        is position `prefix_length - hist_lengths + j` of the full sequence) that stage 1 ranks
+        highest for each row's target, best first, -1 where fewer than k are valid -> LongTensor [B,k].
+        `k` defaults to `top_k` (exactly the slots stage 2 aggregates); a larger k ranks the same
+        search deeper (pipelines/report.py's retrieval NDCG@k against planted truth)."""
+        k = self.top_k if k is None else int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        check_ctr_batch(batch)
+        items, cats, lengths = batch["hist_items"], batch["hist_cats"], batch["hist_lengths"]
+        keys = self.att_emb.history(items, cats, lengths)  # [B,L,da]
+        q = self._query(batch["target_items"], batch["target_cats"])[:, None, :]  # [B,1,da]
+        return self._search(q, keys, lengths, cats, batch["target_cats"][:, None], k)[:, 0]  # [B,k]
 
     def paths(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The two paths of a batch, for analysis and tests: q [B,1,da], keys [B,L,da],

@@ -136,6 +136,51 @@ def test_numbers_equal_metrics_json_and_the_runs_own_evaluation(built: dict[str,
     assert n == len([c for c in cells])
 
 
+def test_planted_retrieval_section_matches_brute_force(runs: list[Path]) -> None:
+    """The planted-truth section end to end: TWIN-hard's search (the k most recent same-category
+    behaviours, then the most recent others; defined without learned weights) through
+    `retrieval_indices` and the report's slot -> position mapping equals NDCG@k / recall@k computed
+    here straight from sequences.parquet, ctr_samples.parquet and planted_truth.parquet (recall@10
+is 1.0 on this build: its same-category behaviours are the planted ones)."""
+    import types
+
+    import pyarrow.parquet as pq
+
+    from recsys.experiment import build_model, parse_experiment
+
+    summary = rp.read_run(runs[1])  # the CTR run: its build has planted_truth.parquet
+    build = Path(summary.build_dir)
+    cfg = parse_experiment({"name": "twin_hard", "task": "ctr", "data": {"build_dir": str(build)}, "seed": 0,
+                            "model": {"name": "twin", "search": "hard", "item_dim": 4, "cat_dim": 4, "top_k": 5,
+                                      "head_hidden": [8]}})
+    k = 10
+    rows = rp.planted_retrieval_rows(summary, types.SimpleNamespace(model=build_model(cfg).eval(), config=cfg), k=k)
+    got = {r["metric"]: r for r in rows}
+
+    seqs = {r["user_id"]: r["categories"] for r in pq.read_table(build / "sequences.parquet").to_pylist()}
+    samples = pq.read_table(build / "ctr_samples.parquet").to_pylist()
+    truth = pq.read_table(build / "planted_truth.parquet").to_pylist()
+    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    ndcg, recall, shifted = [], [], []
+    for smp, t in zip(samples, truth, strict=True):
+        assert (smp["user_id"], smp["prefix_length"], smp["item_id"]) == (t["user_id"], t["prefix_length"], t["item_id"])
+        rel = set(t["relevant_positions"])
+        if smp["split"] != "test" or not rel:
+            continue
+        cats = seqs[smp["user_id"]][: smp["prefix_length"]]  # histories here are shorter than max_history
+        same = [i for i in range(len(cats)) if cats[i] == smp["category_id"]][::-1]
+        order = (same + [i for i in range(len(cats)) if cats[i] != smp["category_id"]][::-1])[:k]
+        gains = np.array([float(i in rel) for i in order] + [0.0] * (k - len(order)))
+        ndcg.append((gains * disc).sum() / disc[: min(len(rel), k)].sum())
+        recall.append(gains.sum() / min(len(rel), k))
+        shifted.append(sum(i + 1 in rel for i in order) / min(len(rel), k))  # an off-by-one slot mapping
+    assert ndcg and got[f"retrieval ndcg@{k}"]["n_samples"] == len(ndcg)
+    assert got[f"retrieval ndcg@{k}"]["value"] == pytest.approx(np.mean(ndcg), abs=1e-9)
+    assert got[f"retrieval recall@{k}"]["value"] == pytest.approx(np.mean(recall), abs=1e-9)
+    assert abs(np.mean(shifted) - np.mean(recall)) > 0.1  # the check would catch a wrong slot -> position map
+    assert "planted" in got[f"retrieval ndcg@{k}"]["protocol"] and "test" in got[f"retrieval ndcg@{k}"]["protocol"]
+
+
 def test_metric_math_matches_the_project_metrics() -> None:
     from recsys.ctr_metrics import auc, gauc
     from recsys.metrics import ranking_metrics

@@ -182,6 +182,44 @@ def test_twin_hard_retrieves_same_category_first() -> None:
         assert idx[b].tolist() == want + [-1] * (5 - len(want))
 
 
+def _brute_force_search(model, batch, k: int) -> list[list[int]]:
+    """Stage 1 by hand, one row and one slot at a time: soft search ranks the valid slots by the
+    dot product of the scaled target query with each slot's attention key (ties: older slot first);
+    hard search takes the most recent same-category slots, then the most recent others."""
+    out = []
+    for b in range(batch["target_items"].shape[0]):
+        n = int(batch["hist_lengths"][b])
+        if model.search == "hard":
+            same = [j for j in range(n) if batch["hist_cats"][b, j] == batch["target_cats"][b]][::-1]
+            order = same + [j for j in range(n) if j not in same][::-1]
+        else:
+            one = {key: v[b : b + 1] for key, v in batch.items()}
+            keys = model.att_emb.history(one["hist_items"], one["hist_cats"], one["hist_lengths"])[0]  # [L,da]
+            q = model.att_emb.target(one["target_items"], one["target_cats"])[0] * model._query_scale()  # [da]
+            scores = [float(torch.dot(q, keys[j])) for j in range(n)]
+            order = sorted(range(n), key=lambda j: (-scores[j], j))
+        out.append(order[:k] + [-1] * max(k - n, 0))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["twin", "twin_hard", "dare"])
+def test_retrieval_indices_match_brute_force_search(variant: str) -> None:
+    """retrieval_indices is stage 1 alone: equal to a per-slot brute force for k below, at and above
+    top_k and above L (-1 padding), and at k = top_k exactly the slots stage 2 aggregates."""
+    model = make(variant).eval()
+    batch = make_batch(b=12, seed=7)
+    for k in (1, 3, 5, 9, L + 4):
+        got = model.retrieval_indices(batch, k)
+        assert got.dtype == torch.int64 and got.shape == (12, k)
+        assert got.tolist() == _brute_force_search(model, batch, k), k
+    assert torch.equal(model.retrieval_indices(batch), model.paths(batch)["indices"][:, 0])
+    assert (model.retrieval_indices(batch, L + 4)[0] == -1).all()  # empty history: nothing retrieved
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        model.retrieval_indices(batch, 0)
+    with pytest.raises(KeyError, match="hist_lengths"):
+        model.retrieval_indices({key: v for key, v in batch.items() if key != "hist_lengths"}, 3)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_models_without_categories(variant: str) -> None:
     model = make(variant, num_categories=0).eval()
