@@ -37,6 +37,7 @@ Design choices (and why):
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -70,10 +71,16 @@ class _EqualSteps:
     def num_train_batches(self, batch_size: int) -> int:
         return self.steps
 
-    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
+                      bucket_by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         self.global_step = (epoch - 1) * self.steps
+        kwargs: dict[str, Any] = {}
+        if bucket_by_length:  # train.bucket_by_length: forwarded to tasks that support it
+            if "bucket_by_length" not in inspect.signature(self.task.train_batches).parameters:
+                raise ValueError(f"train.bucket_by_length: task {type(self.task).__name__} does not support length bucketing")
+            kwargs["bucket_by_length"] = True
         n, last = 0, None
-        for batch in self.task.train_batches(epoch, batch_size, generator):
+        for batch in self.task.train_batches(epoch, batch_size, generator, **kwargs):
             if n == self.steps:
                 break
             self._maybe_fail()

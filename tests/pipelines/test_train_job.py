@@ -100,3 +100,26 @@ def test_sdim_two_workers_killed_worker_resumes_and_loss_decreases(ray_session: 
     assert log[-1]["train/loss"] < log[0]["train/loss"], [r["train/loss"] for r in log]
     ev = json.loads((run / "eval.json").read_text())
     assert ev["fit"]["ray_workers"] == 2 and 0.0 <= ev["test/auc"] <= 1.0
+
+
+def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> None:
+    """The Ray worker's task wrapper (no Ray needed): shipped configs set train.bucket_by_length, so
+    it must reach a next-item task (same batches as the task's own bucketed epoch, padded to the
+    equal step count) and be refused by name for a CTR task."""
+    import torch
+
+    from pipelines.train_job import _EqualSteps
+    from recsys.experiment import build_task
+
+    task = build_task(_cfg(build, tmp_path, "eq", SAS, 16, 1, "next_item"), rank=0, world_size=2)
+    n = task.num_train_batches(16)
+    wrapped = _EqualSteps(task, 0, 2, n + 1, None)
+    got = list(wrapped.train_batches(1, 16, torch.Generator().manual_seed(3), bucket_by_length=True))
+    want = list(task.train_batches(1, 16, torch.Generator().manual_seed(3), bucket_by_length=True))
+    assert len(got) == n + 1 and all(torch.equal(g["seq"], w["seq"]) for g, w in zip(got, want))
+    assert torch.equal(got[-1]["seq"], want[-1]["seq"])  # the shorter shard repeats its last batch
+    plain = list(task.train_batches(1, 16, torch.Generator().manual_seed(3)))
+    assert any(not torch.equal(g["seq"], p["seq"]) for g, p in zip(got, plain))  # bucketing really applied
+    ctr = _EqualSteps(build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr")), 0, 1, 2, None)
+    with pytest.raises(ValueError, match="bucket_by_length"):
+        next(ctr.train_batches(1, 64, torch.Generator(), bucket_by_length=True))
