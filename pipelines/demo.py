@@ -160,9 +160,9 @@ def serve_and_call(cfg: DemoConfig, ctr_run: Path, next_item_run: Path) -> None:
     port = _free_port()
     token = "demo-token"
     store = cfg.output_dir / "state.sqlite"
-    cmd = [sys.executable, "-m", "serving.cli", str(ctr_run), "--retrieval-model", str(next_item_run),
+    cmd = [sys.executable, "-m", "recsys.cli", "serve", str(ctr_run), "--retrieval-model", str(next_item_run),
            "--store", f"sqlite:{store}", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "RECSYS_API_TOKEN": token}
+    env = {**os.environ, "RECSYS_SERVING_TOKEN": token}
     print("starting: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -199,7 +199,9 @@ def serve_and_call(cfg: DemoConfig, ctr_run: Path, next_item_run: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(timeout=30)
-            print(f"server stopped cleanly (exit code {code})")
+            # uvicorn re-raises the SIGTERM it handled after its graceful shutdown: -15 is a clean stop
+            clean = code in (0, -signal.SIGTERM)
+            print(f"server stopped {'cleanly' if clean else 'with an error'} (exit code {code})")
         except subprocess.TimeoutExpired:
             proc.kill()
             print("server did not stop within 30 s; killed")

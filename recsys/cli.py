@@ -16,6 +16,7 @@ from importlib.metadata import entry_points
 from typing import Callable, Sequence
 
 ENTRY_POINT_GROUP = "recsys.commands"
+PROJECT_PACKAGES = ("recsys", "pipelines", "serving", "kernels", "attention")
 
 
 def _registered_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:
@@ -60,10 +61,15 @@ def _unavailable(name: str, exc: Exception) -> Callable[[argparse.Namespace], in
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Third-party libraries (fbgemm, ray) log chatter at INFO on the root logger: keep them at
+    # WARNING and show INFO only for this project's packages.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for package in PROJECT_PACKAGES:
+            logging.getLogger(package).setLevel(logging.INFO)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -27,11 +27,18 @@ class CtrConfig(StrictModel):
     step: int = 5
     min_history: int = 1  # a target needs at least this many earlier events
     negatives_per_positive: int = 2
+    #: targets per user in each of valid and test: valid = indices [T-2m, T-m), test = [T-m, T).
+    #: m = 1 is DARE's protocol; m > 1 gives every user several impressions so GAUC is defined
+    #: in label_column mode (one labelled event per user has no per-user AUC).
+    eval_targets: int = 1
 
     @model_validator(mode="after")
     def _check(self) -> "CtrConfig":
-        if self.start < 3:
-            raise ValueError("ctr.start must be >= 3 (indices T-1 and T-2 are test and valid targets)")
+        if self.eval_targets < 1:
+            raise ValueError("ctr.eval_targets must be >= 1")
+        if self.start < 2 * self.eval_targets + 1:
+            raise ValueError(f"ctr.start must be >= 2*eval_targets+1 = {2 * self.eval_targets + 1} "
+                             "(the last 2*eval_targets indices are the valid and test targets)")
         if self.step < 1 or self.stop <= self.start:
             raise ValueError("ctr.step must be >= 1 and ctr.stop > ctr.start")
         if self.min_history < 0 or self.negatives_per_positive < 1:

@@ -3,8 +3,8 @@
 Target positions per user with T events (0-based indices into `items`; history = items[:index]):
     train: index T-k for k in range(start, stop, step)   (DARE: range(3, 94, 5) -> T-3, T-8, ..., T-93,
            i.e. DARE's 1-based T-2, T-7, ..., T-92)
-    valid: index T-2 (the second-to-last event)
-    test:  index T-1 (the last event)
+    valid: index T-2 (the second-to-last event)        [indices T-2m .. T-m-1 with eval_targets = m]
+    test:  index T-1 (the last event)                  [indices T-m .. T-1]
 each kept only when index >= min_history. Rows are grouped by user (users ascending), then split
 (train, valid, test), then index ascending.
 
@@ -27,7 +27,8 @@ from recsys.data import schema
 SPLITS = ("train", "valid", "test")
 
 
-def target_positions(lengths: np.ndarray, start: int, stop: int, step: int, min_history: int):
+def target_positions(lengths: np.ndarray, start: int, stop: int, step: int, min_history: int,
+                     eval_targets: int = 1):
     """(row, split code 0/1/2, index) of every target, grouped by row then split then index."""
     lengths = lengths.astype(np.int64)
     ks = np.arange(start, stop, step, dtype=np.int64)
@@ -36,11 +37,17 @@ def target_positions(lengths: np.ndarray, start: int, stop: int, step: int, min_
     first = np.repeat(np.cumsum(n_train) - n_train, n_train)
     j = np.arange(rows_t.size) - first
     idx_t = lengths[rows_t] - ks[n_train[rows_t] - 1 - j] if rows_t.size else np.empty(0, np.int64)
-    rows_v = np.flatnonzero(lengths - 2 >= max(min_history, 0))
-    rows_s = np.flatnonzero(lengths - 1 >= max(min_history, 0))
+    m = int(eval_targets)
+    all_rows = np.repeat(np.arange(lengths.size), m)
+    back = np.tile(np.arange(m, 0, -1), lengths.size)  # m, m-1, ..., 1 steps before the split's end
+    idx_v_all = lengths[all_rows] - m - back
+    idx_s_all = lengths[all_rows] - back
+    keep_v = idx_v_all >= max(min_history, 0)
+    keep_s = idx_s_all >= max(min_history, 0)
+    rows_v, rows_s = all_rows[keep_v], all_rows[keep_s]
     rows = np.concatenate([rows_t, rows_v, rows_s])
     split = np.concatenate([np.zeros(rows_t.size, np.int64), np.ones(rows_v.size, np.int64), np.full(rows_s.size, 2)])
-    idx = np.concatenate([idx_t, lengths[rows_v] - 2, lengths[rows_s] - 1])
+    idx = np.concatenate([idx_t, idx_v_all[keep_v], idx_s_all[keep_s]])
     order = np.lexsort((idx, split, rows))
     return rows[order], split[order], idx[order]
 
@@ -61,9 +68,10 @@ def build_ctr_samples(
     popularity: np.ndarray | None = None,  # [N+1] event counts per dense item (0 unused)
     item_category: np.ndarray | None = None,  # [N+1] dense category per dense item
     labels: np.ndarray | None = None,  # [E] int8 per event (label_column mode)
+    eval_targets: int = 1,
 ) -> pl.DataFrame:
     lengths = np.diff(offsets)
-    rows, split, idx = target_positions(lengths, start, stop, step, min_history)
+    rows, split, idx = target_positions(lengths, start, stop, step, min_history, eval_targets)
     pos_item = items[offsets[rows] + idx]
     if mode == "label_column":
         if labels is None:

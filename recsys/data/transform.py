@@ -121,6 +121,7 @@ def user_outputs(seqs: pl.DataFrame, cfg: BuildConfig, stats: GlobalStats) -> tu
         user_ids, offsets, items, mode=cfg.ctr.mode, start=cfg.ctr.start, stop=cfg.ctr.stop, step=cfg.ctr.step,
         min_history=cfg.ctr.min_history, negatives_per_positive=cfg.ctr.negatives_per_positive, seed=cfg.seed,
         num_items=stats.num_items, popularity=stats.popularity, item_category=stats.item_category, labels=labels,
+        eval_targets=cfg.ctr.eval_targets,
     )
     return ev, ctr
 

@@ -129,3 +129,23 @@ def test_manifest_counts(taobao_build: Path) -> None:
     assert m["vocab_sizes"] == {"users": 815, "items": 55_368, "categories": 2_914}
     assert m["length_stats"]["max"] == 539 and m["length_stats"]["median"] == 78.0
     assert c["ctr_samples"] == pl.read_parquet(taobao_build / schema.CTR_SAMPLES_FILE).height
+
+
+def test_target_positions_several_eval_targets() -> None:
+    """eval_targets = m: valid = indices [T-2m, T-m), test = [T-m, T); train targets stay before them."""
+    rows, split, idx = target_positions(np.array([2, 10]), 5, 94, 5, 1, eval_targets=2)
+    got = {(int(r), int(s), int(i)) for r, s, i in zip(rows, split, idx)}
+    assert got == {(0, 2, 1), (1, 0, 5), (1, 1, 6), (1, 1, 7), (1, 2, 8), (1, 2, 9)}
+    # no target index is shared between splits of one user
+    for r in (0, 1):
+        seen = [int(i) for rr, i in zip(rows, idx) if rr == r]
+        assert len(seen) == len(set(seen))
+
+
+def test_eval_targets_must_leave_room_for_train_targets() -> None:
+    import pytest
+
+    from recsys.data.build_config import CtrConfig
+
+    with pytest.raises(ValueError, match="2\\*eval_targets\\+1"):
+        CtrConfig(start=5, eval_targets=3)
