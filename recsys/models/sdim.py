@@ -62,9 +62,10 @@ class SDIM(CTRModel):
 
     def _logits(self, batch, with_aux):
         items, cats, lengths = batch["hist_items"], batch["hist_cats"], batch["hist_lengths"]
-        h = self.emb.semantic(items, cats)  # [B,L,E]
+        # behaviour fields kept apart (no [B,L,E] concatenation copy; the hashing sums them per field)
+        fields = (self.emb.item(items),) + ((self.emb.cat(cats),) if self.emb.cat is not None else ())  # [B,L,d_k]
         vt = self.emb.target(batch["target_items"], batch["target_cats"])[:, None, :]  # [B,1,E]
-        long = self.hashing(h, lengths, vt)  # [B,1,E]
+        long = self.hashing(fields, lengths, vt)  # [B,1,E]
         short = self._short(vt, items, cats, lengths)  # [B,1,E]
         return self.head(torch.cat([vt, long, short], dim=-1)[:, 0]), None
 

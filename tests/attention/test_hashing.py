@@ -1,4 +1,5 @@
-"""SDIM hash-sampling interest: the BSE table route equals the paper's collision-mask formulation."""
+"""SDIM hash-sampling interest: the training (collision-mask bmm) route and the BSE table route both
+equal the paper's collision-mask formulation, values and gradients."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def test_table_route_equals_collision_mask_formulation() -> None:
     lengths = torch.tensor([0, 7, 20])
     out = mod(hist, lengths, q)
     torch.testing.assert_close(out, _paper_formulation(mod, hist, lengths, q))
+    torch.testing.assert_close(mod.gather(mod.table(hist, lengths), q), out)
     assert torch.all(out[0] == 0)
     # a behaviour equal to the candidate always collides with it: its direction dominates
     same = mod(q[2:3, :1].expand(1, 1, 8).contiguous(), torch.tensor([1]), q[2:3, :1])
@@ -50,3 +52,27 @@ def test_incremental_table_update_equals_rebuild() -> None:
     updated = mod.update_table(partial, added=hist[8:], removed=hist[:2])
     torch.testing.assert_close(updated, full, atol=1e-5, rtol=1e-5)
     assert full.shape == (3, 8, 6)
+
+
+def test_training_route_matches_table_route_with_fields_and_gradients() -> None:
+    mod = SimHashInterest(dim=10, num_hashes=15, tau=3, seed=1)
+    item, cat = torch.randn(4, 30, 6, requires_grad=True), torch.randn(4, 30, 4, requires_grad=True)
+    q, lengths = torch.randn(4, 2, 10), torch.tensor([30, 0, 11, 1])
+    hist = torch.cat([item, cat], dim=-1)
+    fast = mod((item, cat), lengths, q)  # fields kept apart, as SDIM calls it
+    ref = mod.gather(mod.table(hist, lengths), q)
+    torch.testing.assert_close(fast, ref)
+    g_fast = torch.autograd.grad((fast * torch.arange(10.0)).sum(), (item, cat))
+    g_ref = torch.autograd.grad((ref * torch.arange(10.0)).sum(), (item, cat))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b)
+        assert torch.all(a[2, 11:] == 0) and torch.all(a[1] == 0)  # padding gets no gradient
+    # the packed byte codes are the op's int64 codes
+    assert torch.equal(mod.small_codes((item, cat)).long(), mod.codes(hist))
+
+
+def test_wide_signatures_fall_back_to_int64_codes() -> None:
+    mod = SimHashInterest(dim=5, num_hashes=18, tau=9, seed=0)
+    hist, q = torch.randn(2, 7, 5), torch.randn(2, 3, 5)
+    lengths = torch.tensor([7, 4])
+    torch.testing.assert_close(mod(hist, lengths, q), _paper_formulation(mod, hist, lengths, q))

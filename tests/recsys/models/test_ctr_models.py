@@ -16,6 +16,7 @@ N_ITEMS, N_CATS, L = 40, 5, 24
 SMALL = {"item_dim": 6, "cat_dim": 4, "head_hidden": [16, 8], "init_std": 0.3}
 VARIANTS = {
     "din": {"name": "din", "pos_dim": 3, "max_recent": 10, **SMALL},
+    "din_dot_full": {"name": "din", "pos_dim": 3, "attention": "dot", "max_recent": None, **SMALL},
     "twin": {"name": "twin", "pos_dim": 3, "top_k": 5, "use_aux_loss": True, "aux_hidden": [8], **SMALL},
     "twin_hard": {"name": "twin", "pos_dim": 3, "top_k": 5, "search": "hard", **SMALL},
     "dare": {"name": "dare", "pos_dim": 3, "attention_item_dim": 3, "attention_cat_dim": 2, "attention_pos_dim": 2,
