@@ -7,6 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
+
 import pytest
 
 from recsys.data import schema
@@ -65,7 +68,11 @@ def test_cli_ray_label_column_equals_polars(ray_session, shared_data: Path, tmp_
     _same_files(tmp_path / "ray", tmp_path / "polars", TABLES)
     m = json.loads((tmp_path / "ray" / schema.MANIFEST_FILE).read_text())
     assert m["counts"]["read"] == m["counts"]["kept"] == 100_836
-    assert m["counts"]["ctr_samples_by_split"]["test"] == 610
+    # movielens-small.yaml: eval_targets = 10 test impressions for each of the 610 users (all have >= 20 ratings)
+    assert m["counts"]["ctr_samples_by_split"]["test"] == 610 * 10
+    # valid = indices [T-20, T-10); index 0 has no history (min_history 1), so users with exactly 20 ratings give 9
+    lengths = np.diff(pq.read_table(tmp_path / "ray" / schema.SEQUENCES_FILE)[schema.SEQ_ITEMS].combine_chunks().offsets.to_numpy())
+    assert m["counts"]["ctr_samples_by_split"]["valid"] == 610 * 10 - int((lengths == 20).sum())
 
 
 def test_config_placeholders_and_errors(tmp_path: Path) -> None:
