@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator
 
 import anyio
 import numpy as np
+import orjson
 from fastapi import BackgroundTasks, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -48,7 +49,7 @@ from serving.schemas import (
     ScoreResponse,
 )
 from serving.settings import ServingSettings
-from serving.state import StateCache
+from serving.state import StateCache, UserState
 from serving.store.base import NO_CATEGORY, Event, History, UserStore, open_store
 
 log = logging.getLogger(__name__)
@@ -71,26 +72,33 @@ class Unavailable(Exception):
 @dataclass
 class ScoreJob:
     scorer: CTRScorer
-    state: State
+    cache: StateCache
+    user_id: int
+    user: UserState | None  # resolved before queueing (cold cache); None: look it up in the batch thread
     dense: np.ndarray  # [C] dense candidate ids (0 = unknown)
     cats: np.ndarray | None  # [C] raw candidate categories (-1 = use the item's)
     recent: History | None  # request-only events applied on a copy of the state
 
 
-def run_score_jobs(jobs: list[ScoreJob]) -> list[np.ndarray | BaseException]:
-    """The micro-batch function: one worker-thread call scores every queued request."""
-    out: list[np.ndarray | BaseException] = []
+def run_score_jobs(jobs: list[ScoreJob]) -> list[tuple[UserState, np.ndarray] | BaseException]:
+    """The micro-batch function: one worker-thread call resolves each request's cached user state
+    (one O(1) store read of the user's event count when the state is in the in-process cache: no
+    extra thread hop) and scores every queued request."""
+    out: list[tuple[UserState, np.ndarray] | BaseException] = []
     for job in jobs:
         try:
-            state = job.state
+            us = job.user if job.user is not None else job.cache.get(job.scorer, job.user_id)
+            state = us.state
             if job.recent is not None and len(job.recent):
                 state = job.scorer.append(clone_state(state), job.recent)
             probs = np.full(job.dense.shape, np.nan)
             known = job.dense > 0
-            if known.any():
+            if known.all():
+                probs = job.scorer.score(state, job.dense, job.cats)
+            elif known.any():
                 cats = None if job.cats is None else job.cats[known]
                 probs[known] = job.scorer.score(state, job.dense[known], cats)
-            out.append(probs)
+            out.append((us, probs))
         except Exception as exc:  # noqa: BLE001 - reported to that request only
             out.append(exc)
     return out
@@ -106,7 +114,7 @@ class Service:
     ctr: CTRScorer | None = None
     retriever: Retriever | None = None
     cache: StateCache | None = None
-    batcher: MicroBatcher[ScoreJob, np.ndarray] | None = None
+    batcher: MicroBatcher[ScoreJob, tuple[UserState, np.ndarray]] | None = None
     token: str | None = None
     ready: bool = False
     owns_store: bool = False
@@ -149,11 +157,13 @@ class GuardMiddleware:
                 status["code"] = msg["status"]
             await send(msg)
 
-        too_big = _error(413, [{"loc": ["body"], "msg": f"request body exceeds max_body_bytes={self.max_body}", "type": "too_large"}])
+        def too_big() -> JSONResponse:  # built only when needed (not on every request)
+            return _error(413, [{"loc": ["body"], "msg": f"request body exceeds max_body_bytes={self.max_body}", "type": "too_large"}])
+
         length = dict(scope.get("headers") or []).get(b"content-length")
         try:
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                await too_big(scope, receive, send_wrapped)
+                await too_big()(scope, receive, send_wrapped)
                 return
             if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
                 # no Content-Length (chunked): read the body up to the limit first, then replay it
@@ -166,7 +176,7 @@ class GuardMiddleware:
                     size += len(chunks[-1])
                     more = msg.get("more_body", False)
                     if size > self.max_body:
-                        await too_big(scope, receive, send_wrapped)
+                        await too_big()(scope, receive, send_wrapped)
                         return
                 body = b"".join(chunks)
                 sent = False
@@ -220,7 +230,8 @@ def create_app(
             svc.metrics.batch_latency.observe(seconds)
 
         b = settings.batch
-        svc.batcher = MicroBatcher(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_batch)
+        svc.batcher = MicroBatcher(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_batch,
+                                   flush_when_idle=b.flush_when_idle)
         await svc.batcher.start()
         svc.ready = True
         try:
@@ -278,13 +289,15 @@ def create_app(
 
     # -- endpoints ------------------------------------------------------------------------------
     async def score_dense(scorer: CTRScorer, user_id: int, dense: np.ndarray, cats: np.ndarray | None, recent: History | None):
-        assert svc.cache is not None and svc.batcher is not None
-        us = await run_in_threadpool(svc.cache.get, scorer, user_id)
-        probs = await svc.batcher.submit(ScoreJob(scorer, us.state, dense, cats, recent))
-        return us, probs
+        cache, batcher = svc.cache, svc.batcher
+        assert cache is not None and batcher is not None
+        # warm: the batch thread checks the cached state against the store's event count (O(1));
+        # cold: load/encode it here first so a long history does not stall other users' batch
+        us = None if cache.contains(scorer, user_id) else await run_in_threadpool(cache.get, scorer, user_id)
+        return await batcher.submit(ScoreJob(scorer, cache, user_id, us, dense, cats, recent))
 
     @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(read_auth)])
-    async def score(req: ScoreRequest) -> ScoreResponse:
+    async def score(req: ScoreRequest) -> Response:
         scorer = svc.need_ctr()
         if len(req.candidates) > settings.max_candidates:
             raise FieldError(("body", "candidates"), f"at most {settings.max_candidates} candidates per request, got {len(req.candidates)}")
@@ -304,14 +317,18 @@ def create_app(
         raw = np.asarray(req.candidates, dtype=np.int64)
         dense = scorer.encode_items(raw)
         us, probs = await score_dense(scorer, req.user_id, dense, cats, recent)
-        return ScoreResponse(
-            user_id=req.user_id,
-            scores=[None if np.isnan(p) else float(p) for p in probs],
-            model=ModelRef(name=scorer.info.name, version=scorer.info.version),
-            unknown_items=raw[dense == 0].tolist(),
-            cold_start=us.seq == 0,
-            history_length=us.history_length,
-        )
+        # the ScoreResponse schema (documented above), serialised directly: the values are built
+        # here with the right types, so FastAPI's re-validation of 512 floats is skipped; NaN
+        # (unknown candidate) -> null
+        body = {
+            "user_id": req.user_id,
+            "scores": probs,
+            "model": {"name": scorer.info.name, "version": scorer.info.version},
+            "unknown_items": raw[dense == 0],
+            "cold_start": us.seq == 0,
+            "history_length": us.history_length,
+        }
+        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(read_auth)])
     async def recommend(req: RecommendRequest) -> RecommendResponse:

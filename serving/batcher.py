@@ -3,7 +3,9 @@
 Requests are queued; one worker takes the first, then keeps collecting until it holds
 `max_batch` requests or the first has waited `max_wait_ms`, and runs the batch function once in
 a worker thread. While a batch runs, new requests queue up, so under load batches form without
-waiting at all. A full queue (`max_queue`) rejects with `Overloaded` instead of growing latency
+waiting at all. With `flush_when_idle` the worker does not wait for company: when the queue is
+empty it runs what it holds at once (a lone request pays no batching delay; batches still form
+from requests that arrive while the previous batch runs) - the service's default. A full queue (`max_queue`) rejects with `Overloaded` instead of growing latency
 without bound. What batching buys is measured in benchmarks/serving.py (batching on vs off).
 """
 
@@ -29,6 +31,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_ms: float = 2.0,
         max_queue: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
+        flush_when_idle: bool = False,
     ) -> None:
         """`fn(items)` returns one result (or an exception for that item) per item, in order;
         `on_batch(size, seconds)` observes every batch (metrics)."""
@@ -37,6 +40,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.on_batch = on_batch
+        self.flush_when_idle = flush_when_idle
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -78,7 +82,8 @@ class MicroBatcher(Generic[T, R]):
                     batch.append(q.get_nowait())
                     continue
                 except asyncio.QueueEmpty:
-                    pass
+                    if self.flush_when_idle:
+                        break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -99,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from serving.app import create_app
 
+    settings.configure_process()
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5, access_log=False)
     return 0

@@ -18,11 +18,15 @@ TOKEN_ENV = "RECSYS_SERVING_TOKEN"
 
 class BatchSettings(StrictModel):
     """Micro-batching of concurrent score requests: a batch closes when it holds `max_batch`
-    requests or the oldest has waited `max_wait_ms`; at most `max_queue` requests wait (then 503)."""
+    requests or the oldest has waited `max_wait_ms`; at most `max_queue` requests wait (then 503).
+    With `flush_when_idle` (default) a batch also closes as soon as no other request is queued:
+    a lone request pays no batching wait, and batches form from requests that arrive while the
+    previous batch is being scored."""
 
     max_batch: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
     max_queue: int = Field(1024, ge=1)
+    flush_when_idle: bool = True
 
 
 class ServingSettings(StrictModel):
@@ -43,6 +47,21 @@ class ServingSettings(StrictModel):
     token_env: str = TOKEN_ENV
     require_token_for_reads: bool = False
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    torch_threads: int = Field(1, ge=1)  # intra-op threads of the server process (one request's tensors are small)
+    gil_switch_interval_ms: float = Field(0.5, gt=0.0, le=100.0)
+
+    def configure_process(self) -> None:
+        """Process-wide knobs for a server process (called by `recsys serve`, not by create_app,
+        so tests and embedding programs keep their own): torch intra-op threads, and the GIL
+        switch interval. The scoring thread releases the GIL around every torch op; with the
+        default 5 ms interval the event-loop thread then holds it for up to 5 ms per op while
+        requests queue (measured: 0.5 ms gives ~1.3x the throughput at concurrency 8)."""
+        import sys
+
+        import torch
+
+        torch.set_num_threads(self.torch_threads)
+        sys.setswitchinterval(self.gil_switch_interval_ms / 1000.0)
 
     def resolved_token(self) -> str | None:
         """The bearer token from config, else from the environment; None disables auth."""

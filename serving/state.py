@@ -52,6 +52,11 @@ class StateCache:
             while len(self._lru) > self.capacity:
                 self._lru.popitem(last=False)
 
+    def contains(self, scorer: CTRScorer, user_id: int) -> bool:
+        """Whether the in-process cache holds a state for the user (maybe behind the store: `get`
+        catches it up). No I/O: safe to call on the event loop."""
+        return (scorer.key, user_id) in self._lru
+
     def get(self, scorer: CTRScorer, user_id: int, persist: bool = False) -> UserState:
         """The user's state at the store's current seq (blocking; call from a worker thread).
         `persist` writes a changed state back to the store (done after event appends)."""

@@ -185,3 +185,32 @@ def test_readyz_not_ready_without_ctr_model(tmp_path: Path) -> None:
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["detail"]["ctr_model"] is None
         assert c.post("/v1/score", json={"user_id": 1, "candidates": [1]}).status_code == 503
+
+
+def test_warm_score_path_reads_only_the_event_count(client: TestClient) -> None:
+    """With the user's state cached, a score request costs one O(1) store read (the event count),
+    never the history; events appended by another writer (another replica) are still picked up."""
+    from serving.schemas import ScoreResponse
+    from serving.store.base import Event
+
+    reg = client.app.state.svc.metrics.registry
+
+    def ops(op: str) -> float:
+        return reg.get_sample_value("recsys_store_latency_seconds_count", {"op": op}) or 0.0
+
+    hist = M.RAW_ITEMS[[2, 6, 9, 12]].tolist()
+    cands = M.RAW_ITEMS[[0, 5, 11]].tolist()
+    post_events(client, 7010, hist)
+    client.post("/v1/score", json={"user_id": 7010, "candidates": cands})  # warm-up: cache filled
+    before = {op: ops(op) for op in ("seq", "history", "history_since", "get_state")}
+    for _ in range(5):
+        r = client.post("/v1/score", json={"user_id": 7010, "candidates": cands})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        ScoreResponse.model_validate(r.json())  # the documented schema, although serialised directly
+    assert ops("seq") - before["seq"] == 5
+    assert all(ops(op) == before[op] for op in ("history", "history_since", "get_state"))
+    extra = int(M.RAW_ITEMS[40])
+    client.app.state.svc.store.append([Event("other-replica-1", 7010, extra, 999)])  # not through this app
+    body = client.post("/v1/score", json={"user_id": 7010, "candidates": cands}).json()
+    assert body["history_length"] == 5 and ops("history_since") == before["history_since"] + 1
+    np.testing.assert_allclose(body["scores"], forward_probs(client, hist + [extra], cands), rtol=1e-5, atol=1e-6)

@@ -65,3 +65,26 @@ def test_per_item_errors_and_overload() -> None:
         await slow.stop()
 
     run(main())
+
+
+def test_flush_when_idle_adds_no_wait_and_still_batches() -> None:
+    sizes: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        time.sleep(0.01)
+        return [x + 1 for x in items]
+
+    async def main() -> tuple[float, list[int]]:
+        b = MicroBatcher(fn, max_batch=8, max_wait_ms=200, flush_when_idle=True, on_batch=lambda n, s: sizes.append(n))
+        await b.start()
+        t0 = time.perf_counter()
+        assert await b.submit(1) == 2
+        lone = time.perf_counter() - t0
+        out = await asyncio.gather(*(b.submit(i) for i in range(20)))  # arrive while batches run
+        await b.stop()
+        return lone, out
+
+    lone, out = run(main())
+    assert lone < 0.15  # far below max_wait_ms=200: the lone request did not wait for company
+    assert out == [i + 1 for i in range(20)]
+    assert sizes[0] == 1 and max(sizes) > 1 and sum(sizes) == 21
