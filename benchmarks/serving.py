@@ -137,6 +137,21 @@ def start(model: str, db: Path, port: int, max_batch: int) -> subprocess.Popen:
     raise TimeoutError("benchmark server did not become ready")
 
 
+def app_seconds(port: int) -> tuple[float, float]:
+    """(sum, count) of the server's own /v1/score latency histogram (GuardMiddleware, /metrics)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = count = 0.0
+    for fam in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text):
+        for s in fam.samples:
+            if s.labels.get("endpoint") == "/v1/score" and s.name.endswith("_sum"):
+                total = s.value
+            elif s.labels.get("endpoint") == "/v1/score" and s.name.endswith("_count") and fam.name == "recsys_request_latency_seconds":
+                count = s.value
+    return total, count
+
+
 def free_port() -> int:
     import socket
 
@@ -156,6 +171,10 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--max-requests", type=int, default=1500)
+    p.add_argument("--cands", default=",".join(map(str, CANDS)), help="grid subset, e.g. 512")
+    p.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="grid subset of 100,2000,10000")
+    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="grid subset, e.g. 1,8")
+    p.add_argument("--out", default="serving", help="result name (benchmarks/results/<out>.json)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     if args.worker:
@@ -163,18 +182,25 @@ def main() -> None:
         return
     from benchmarks.results import row, write_rows
 
-    command = ".venv/bin/python -m benchmarks.serving" + (f" --models {args.models}" if args.models != "sdim,dare" else "")
+    cands_grid = tuple(int(x) for x in args.cands.split(","))
+    lengths_grid = tuple(int(x) for x in args.lengths.split(","))
+    conc_grid = tuple(int(x) for x in args.concurrency.split(","))
+    assert set(lengths_grid) <= set(LENGTHS), f"--lengths: subset of {LENGTHS}"
+    command = ".venv/bin/python -m benchmarks.serving " + " ".join(
+        f"--{k} {v}" for k, v in (("models", args.models), ("cands", args.cands), ("lengths", args.lengths),
+                                  ("concurrency", args.concurrency), ("out", args.out)))
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     db = tmp / "state.sqlite3"
     fill_store(db)
     rng = np.random.default_rng(2)
-    cand_sets = {c: [rng.integers(1, NUM_ITEMS + 1, c).tolist() for _ in range(32)] for c in CANDS}
+    cand_sets = {c: [rng.integers(1, NUM_ITEMS + 1, c).tolist() for _ in range(32)] for c in sorted({*cands_grid, 100, 512})}
     rows = []
-    base = "loopback HTTP POST /v1/score, uvicorn 1 worker, SQLite store, cached per-user state, freshly initialised weights"
+    base = ("loopback HTTP POST /v1/score, httpx async client in a separate process, uvicorn 1 worker (uvloop+httptools),"
+            " SQLite store, cached per-user state, freshly initialised weights")
 
     def add(model: str, protocol: str, metric: str, value: float, reference: float | None = None) -> None:
         ratio = None if reference in (None, 0) else value / reference
-        rows.append(row(name="serving", model=model, dataset=f"synthetic ids ({NUM_ITEMS} items)", protocol=protocol,
+        rows.append(row(name=args.out, model=model, dataset=f"synthetic ids ({NUM_ITEMS} items)", protocol=protocol,
                         metric=metric, value=round(value, 4), reference=None if reference is None else round(reference, 4),
                         ratio=None if ratio is None else round(ratio, 4), seed=0, command=command))
         print(f"{model:5s} {protocol[len(base):] if protocol.startswith(base) else protocol:60s} {metric:10s} {value:9.3f}"
@@ -185,27 +211,43 @@ def main() -> None:
         proc = start(model, db, port, args.max_batch)
         try:
             p99 = {}
-            for c in CANDS:
+            for c in cands_grid:
                 for user, length in enumerate(LENGTHS, start=1):
-                    for conc in CONCURRENCY:
+                    if length not in lengths_grid:
+                        continue
+                    for conc in conc_grid:
+                        load1 = os.getloadavg()[0]
                         res = asyncio.run(load(port, user, cand_sets[c], conc, args.seconds, args.max_requests))
                         assert res["errors"] == 0, res
-                        proto = f"{base}, C={c}, L={length}, concurrency={conc}, n={res['n']}"
+                        proto = f"{base}, C={c}, L={length}, concurrency={conc}, n={res['n']}, 2-core load avg {load1:.1f}"
                         target = 20.0 if (model == "sdim" and c == 512 and length == 10_000 and conc == 8) else None
                         add(model, proto, "p50_ms", res["p50_ms"])
                         add(model, proto, "p99_ms", res["p99_ms"], target)
                         add(model, proto, "throughput_rps", res["rps"])
                         p99[(c, length, conc)] = res["p99_ms"]
-            for conc in CONCURRENCY:  # flatness in L: p99(L) / p99(L=100), target within +-20%
-                for length in LENGTHS[1:]:
+            for conc in conc_grid:  # flatness in L: p99(L) / p99(L=100), target within +-20%
+                for length in lengths_grid:
+                    if 512 not in cands_grid or length == 100 or 100 not in lengths_grid:
+                        continue
                     add(model, f"{base}, C=512, concurrency={conc}, p99 at L={length} vs L=100", "p99_ratio_vs_L100",
                         p99[(512, length, conc)], p99[(512, 100, conc)])
             # HTTP + validation overhead vs in-process scoring at C=512, L=10000, concurrency 1
             inproc = in_process_ms(model, db, 3, 512)
-            http = asyncio.run(load(port, 3, cand_sets[512], 1, args.seconds, args.max_requests))["p50_ms"]
-            add(model, "in-process CTRScorer (ids -> probabilities, cached state), C=512, L=10000, median", "inproc_ms", inproc)
+            app0 = app_seconds(port)
+            load1 = os.getloadavg()[0]
+            res = asyncio.run(load(port, 3, cand_sets[512], 1, args.seconds, args.max_requests))
+            app1 = app_seconds(port)
+            http = res["p50_ms"]
+            app_ms = (app1[0] - app0[0]) / max(app1[1] - app0[1], 1) * 1e3
+            add(model, f"in-process CTRScorer (ids -> probabilities, cached state), C=512, L=10000, median, 2-core load avg {load1:.1f}",
+                "inproc_ms", inproc)
             add(model, f"{base}, C=512, L=10000, concurrency=1: (HTTP p50 - in-process) / in-process", "http_overhead_ratio",
                 (http - inproc) / inproc, 0.30)
+            add(model, "server-side mean /v1/score time (ASGI app: validation, routing, state check, batching, scoring,"
+                " serialisation; excludes socket I/O, HTTP parsing and the client), C=512, L=10000, concurrency=1",
+                "app_ms", app_ms)
+            add(model, "server-side mean /v1/score time vs in-process scoring, C=512, L=10000, concurrency=1:"
+                " (app - in-process) / in-process", "app_overhead_ratio", (app_ms - inproc) / inproc, 0.30)
             batched = asyncio.run(load(port, 2, cand_sets[100], 64, args.seconds, args.max_requests))
         finally:
             proc.terminate()
@@ -221,7 +263,7 @@ def main() -> None:
         add(model, f"{base}, C=100, L=2000, concurrency=64: p99 max_batch=16 vs max_batch=1", "batching_p99_ms",
             batched["p99_ms"], single["p99_ms"])
     if not args.no_write:
-        print(write_rows("serving", rows))
+        print(write_rows(args.out, rows))
 
 
 if __name__ == "__main__":

@@ -296,7 +296,11 @@ def create_app(
         us = None if cache.contains(scorer, user_id) else await run_in_threadpool(cache.get, scorer, user_id)
         return await batcher.submit(ScoreJob(scorer, cache, user_id, us, dense, cats, recent))
 
-    @app.post("/v1/score", response_model=ScoreResponse, dependencies=[Depends(read_auth)])
+    # open reads skip the auth dependency altogether (FastAPI resolves every declared dependency
+    # on each request; the OpenAPI docs then show no security on the read endpoints, as served)
+    read_deps = [Depends(read_auth)] if settings.require_token_for_reads else []
+
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=read_deps)
     async def score(req: ScoreRequest) -> Response:
         scorer = svc.need_ctr()
         if len(req.candidates) > settings.max_candidates:
@@ -330,7 +334,7 @@ def create_app(
         }
         return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(read_auth)])
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=read_deps)
     async def recommend(req: RecommendRequest) -> RecommendResponse:
         scorer, retr = svc.need_ctr(), svc.need_retriever()
         assert svc.store is not None

@@ -88,6 +88,20 @@ def item_category_map(build_dir: Path | None, num_items: int) -> np.ndarray:
     return out
 
 
+MAX_LOOKUP_TABLE = 1 << 23  # raw ids below this get a direct raw -> dense table (int32, <= 32 MiB)
+
+
+def dense_lookup_table(raw_ids: np.ndarray) -> np.ndarray | None:
+    """int32 table t with t[raw] = dense id (1..N) and 0 elsewhere, when every raw id is in
+    [0, MAX_LOOKUP_TABLE); None otherwise (callers fall back to Vocabulary.encode)."""
+    raw_ids = np.asarray(raw_ids, dtype=np.int64)
+    if raw_ids.size == 0 or raw_ids.min() < 0 or raw_ids.max() >= MAX_LOOKUP_TABLE:
+        return None
+    lut = np.zeros(int(raw_ids.max()) + 1, dtype=np.int32)
+    lut[raw_ids] = np.arange(1, raw_ids.size + 1, dtype=np.int32)
+    return lut
+
+
 class CTRScorer:
     """A CTR model ready to serve. Thread-compatible: scoring runs under torch.inference_mode."""
 
@@ -98,6 +112,7 @@ class CTRScorer:
         self.item_cats = item_cats  # [N+1] dense item -> dense category
         self.max_history = max_history
         self.num_items = len(vocabs["items"])
+        self._item_lut = dense_lookup_table(vocabs["items"].raw_ids)
 
     @classmethod
     def load(cls, run_dir: str | Path, max_history: int = 10_000) -> "CTRScorer":
@@ -113,7 +128,14 @@ class CTRScorer:
 
     # -- ids --------------------------------------------------------------------------------
     def encode_items(self, raw: np.ndarray) -> np.ndarray:
-        return self.vocabs["items"].encode(np.asarray(raw, dtype=np.int64))
+        """Dense item ids (0 = unknown): one array lookup when the raw ids are small enough for a
+        table, else the vocabulary's binary search (the same mapping, tested)."""
+        raw = np.asarray(raw, dtype=np.int64)
+        lut = self._item_lut
+        if lut is None:
+            return self.vocabs["items"].encode(raw)
+        inside = (raw >= 0) & (raw < lut.size)
+        return np.where(inside, lut[np.where(inside, raw, 0)], 0).astype(np.int64)
 
     def encode_categories(self, raw: np.ndarray, dense_items: np.ndarray) -> np.ndarray:
         """Dense categories: the raw category mapped through the vocabulary when given (>= 0),

@@ -71,3 +71,18 @@ def test_serves_run_directories_and_reloads_atomically(tmp_path: Path, model_dir
         after = c.post("/v1/score", json={"user_id": user, "candidates": cands}).json()
         assert after["model"]["name"] == "dare" and after["scores"] != body["scores"]
         assert c.get("/readyz").json()["detail"]["ctr_model"].startswith("dare-")
+
+
+def test_item_lookup_table_maps_exactly_like_the_vocabulary() -> None:
+    from recsys.data.vocab import Vocabulary
+    from serving.models import MAX_LOOKUP_TABLE, CTRScorer, ModelInfo
+
+    rng = np.random.default_rng(0)
+    raw = np.concatenate([rng.integers(0, 6_000, 3_000), [0, 4_999, 5_000, 10**12, 2**63 - 1]])
+    for top in (5_000, 2 * MAX_LOOKUP_TABLE):  # table lookup, then too large: binary search
+        vocab = Vocabulary.fit(np.concatenate([rng.integers(0, 5_000, 800), [top]]))
+        scorer = CTRScorer(torch.nn.Identity(), {"items": vocab}, ModelInfo("x", "v", "-"), np.zeros(len(vocab) + 1, np.int64), 100)
+        assert (scorer._item_lut is None) == (top >= MAX_LOOKUP_TABLE)
+        got = scorer.encode_items(raw)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, vocab.encode(raw))
