@@ -3,14 +3,17 @@
 Data: `recsys data synth` with configs/synth/planted_bench.yaml (histories up to 2,000; see
 docs/SYNTH.md); CTR split of the planted build (train prefix L-2, valid L-1, test L).
 Same budget for every model: Adam (lr, epochs, batch size below), the same batches (same generator
-seed), test metrics at the epoch with the best validation AUC.
+seed), test metrics at the epoch with the best validation AUC; each seed re-initialises the models
+and reshuffles the batches (the data set is fixed).
 Models: DIN (recent 50), TWIN (soft search, top-20, one table), DARE (decoupled tables, top-20),
-SDIM (paper setting 48 hashes / tau 3, short-term 16), DIN over the whole history (N = 2,000).
-Rows: test AUC/GAUC/logloss per model; top-20 retrieval NDCG of TWIN and DARE against the planted
-relevant positions (test targets with at least one relevant position); SDIM vs full-history DIN:
-AUC gap, and training-step time at L = 1,024 (median of timed steps, batch 128, same machine).
+SDIM (paper setting 48 hashes / tau 3, short-term 16), full target attention = scaled dot-product
+softmax attention over the whole history with DIN's embeddings and head (`attention: dot,
+max_recent: null`; SDIM's paper reference). `din_mlp_full` (DIN's MLP over all behaviours) is optional.
+Rows: per seed and as mean/std over seeds: test AUC/GAUC/logloss per model; top-20 retrieval NDCG of
+TWIN and DARE against the planted relevant positions (test targets with at least one relevant
+position); SDIM vs full attention: AUC gap, and training-step time at L = 1,024 (batch 256).
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ MODELS = {
     "twin": {"name": "twin", "top_k": 20, "use_aux_loss": True},
     "dare": {"name": "dare", "top_k": 20, "use_aux_loss": True},
     "sdim": {"name": "sdim"},
-    "din_full": {"name": "din", "max_recent": 2000},
+    "full_attn": {"name": "din", "attention": "dot", "max_recent": None},
+    "din_mlp_full": {"name": "din", "attention": "mlp", "max_recent": None},
 }
+DEFAULT_MODELS = "din_recent50,twin,dare,sdim,full_attn"
 
 
 def train_and_eval(task: CTRTask, spec: dict, num_cats: int, args: argparse.Namespace, seed: int) -> tuple[torch.nn.Module, dict]:
@@ -115,62 +120,91 @@ def step_time(spec: dict, num_items: int, num_cats: int, length: int, batch: int
     return float(np.median(times))
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--synth", type=Path, default=ROOT / "configs/synth/planted_bench.yaml")
     p.add_argument("--build", type=Path, default=ROOT / "runs/planted_bench/build")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--models", default=DEFAULT_MODELS)
     p.add_argument("--speed-steps", type=int, default=5)
     p.add_argument("--out", default="ctr_planted")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     cfg = load_yaml(args.synth, SynthConfig)
-    if not (args.build / "manifest.json").is_file():
-        generate(cfg, args.build)
-    manifest = json.loads((args.build / "manifest.json").read_text())
+    manifest_path = args.build / "manifest.json"
+    if not manifest_path.is_file() or json.loads(manifest_path.read_text())["config"] != cfg.model_dump():
+        generate(cfg, args.build)  # (re)generate when absent or built from another config
+    manifest = json.loads(manifest_path.read_text())
     task = CTRTask(args.build, max_history=2000, eval_batch_size=256, bucket_batches=8)
     num_cats = cfg.num_categories
     ls = manifest["length_stats"]
-    data = (f"planted synth ({cfg.num_users} users, {cfg.num_items} items, lengths median {ls['median']:.0f} "
-            f"max {ls['max']}, seed {cfg.seed})")
-    budget = f"Adam lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}, best-valid-AUC epoch"
-    command = (f".venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} --seed {args.seed} "
-               f"--models {args.models} --out {args.out}")
-    rows, results, models = [], {}, {}
-    for name in args.models.split(","):
-        model, res = train_and_eval(task, MODELS[name], num_cats, args, args.seed)
-        results[name], models[name] = res, model
-        logging.info("%s: %s", name, json.dumps(res))
-        for metric in ("auc", "gauc", "logloss"):
-            rows.append(row(name="ctr_planted", model=name, dataset=data, metric=f"test/{metric}", value=res[metric],
-                            protocol=f"planted CTR split (test prefix = full history, histories <= 2000), {budget}",
-                            seed=args.seed, command=command))
+    ns = manifest["counts"]["samples"]
+    data = (f"planted synth ({args.synth.relative_to(ROOT) if args.synth.is_relative_to(ROOT) else args.synth}: "
+            f"{cfg.num_users} users, {cfg.num_items} items, lengths median {ls['median']:.0f} max {ls['max']}, "
+            f"{ns['train']}/{ns['valid']}/{ns['test']} train/valid/test samples, data seed {cfg.seed})")
+    seeds = [int(x) for x in args.seeds.split(",")]
+    command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} "
+               f"--batch-size {args.batch_size} --lr {args.lr} --seeds {args.seeds} --models {args.models} "
+               f"--out {args.out}")
+    budget = (f"same budget for all models: Adam lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}, "
+              f"test at the best-valid-AUC epoch, 1 CPU thread")
+    names = args.models.split(",")
+    per_seed: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    rows: list[dict] = []
+    for seed in seeds:
+        results, models = {}, {}
+        for name in names:
+            model, res = train_and_eval(task, MODELS[name], num_cats, args, seed)
+            results[name], models[name] = res, model
+            logging.info("seed %d %s: %s", seed, name, json.dumps(res))
+            for metric in ("auc", "gauc", "logloss"):
+                per_seed[name].setdefault(metric, []).append(res[metric])
+                rows.append(row(name="ctr_planted", model=name, dataset=data, metric=f"test/{metric}", value=res[metric],
+                                protocol=f"planted CTR split (test prefix = full history, histories <= 2000), {budget}; "
+                                         f"valid AUC per epoch {res['valid_curve']}; train {res['train_seconds']:.0f} s",
+                                seed=seed, command=command))
+            if name in ("twin", "dare"):
+                ndcg, n = retrieval_ndcg(task, model, args.build)
+                per_seed[name].setdefault("retrieval_ndcg@20", []).append(ndcg)
+                rows.append(row(name="ctr_planted", model=name, dataset=data, metric="retrieval_ndcg@20", value=ndcg,
+                                protocol=f"top-20 search vs planted relevant positions, {n} test targets with any; {budget}",
+                                seed=seed, command=command))
+            write_rows(args.out, rows)
+        if "sdim" in results and "full_attn" in results:
+            gap = results["full_attn"]["auc"] - results["sdim"]["auc"]
+            per_seed["sdim"].setdefault("gap", []).append(gap)
+            rows.append(row(name="ctr_planted", model="sdim", dataset=data, metric="test_auc_gap_vs_full_attention",
+                            value=gap, reference=results["full_attn"]["auc"], seed=seed, command=command,
+                            protocol=f"AUC(full dot-product target attention over the whole history) - AUC(SDIM); "
+                                     f"bar: <= 0.003; {budget}"))
         write_rows(args.out, rows)
-    for name in ("twin", "dare"):
-        if name in models:
-            ndcg, n = retrieval_ndcg(task, models[name], args.build)
-            rows.append(row(name="ctr_planted", model=name, dataset=data, metric="retrieval_ndcg@20", value=ndcg,
-                            protocol=f"top-20 search vs planted relevant positions, {n} test targets with any", seed=args.seed,
-                            command=command))
-    if "sdim" in results and "din_full" in results:
-        gap = results["din_full"]["auc"] - results["sdim"]["auc"]
-        rows.append(row(name="ctr_planted", model="sdim", dataset=data, metric="test_auc_gap_vs_din_full",
-                        value=gap, reference=results["din_full"]["auc"], seed=args.seed, command=command,
-                        protocol=f"AUC(DIN over whole history N=2000) - AUC(SDIM); bar: <= 0.003; {budget}"))
-        num_items = task.num_items
-        t_sdim = step_time(MODELS["sdim"], num_items, num_cats, 1024, 128, args.speed_steps)
-        t_din = step_time({"name": "din", "max_recent": 1024}, num_items, num_cats, 1024, 128, args.speed_steps)
-        rows.append(row(name="ctr_planted", model="sdim", dataset="random ids, L=1024", metric="train_step_seconds",
-                        value=t_sdim, reference=t_din, ratio=t_din / t_sdim, seed=0, command=command,
-                        protocol=f"one training step (fwd+bwd+Adam), batch 128, L=1024, median of {args.speed_steps}; "
-                                 "reference = DIN over the whole history; ratio = speed-up (bar: >= 3x)"))
+    for name in names:
+        for metric, values in per_seed[name].items():
+            m, sd = mean_std(values)
+            label = {"gap": "test_auc_gap_vs_full_attention"}.get(metric, metric if "ndcg" in metric else f"test/{metric}")
+            rows.append(row(name="ctr_planted", model=name, dataset=data, metric=f"{label} mean", value=m,
+                            protocol=f"mean over seeds {args.seeds} (std {sd:.4f}, values "
+                                     f"{[round(v, 4) for v in values]}); {budget}", seed=None, command=command))
+    if "sdim" in names and "full_attn" in names:
+        t_sdim = step_time(MODELS["sdim"], task.num_items, num_cats, 1024, 256, args.speed_steps)
+        t_full = step_time(MODELS["full_attn"], task.num_items, num_cats, 1024, 256, args.speed_steps)
+        rows.append(row(name="ctr_planted", model="sdim", dataset=f"random ids over the {task.num_items} planted items, L=1024",
+                        metric="train_step_seconds", value=t_sdim, reference=t_full, ratio=t_full / t_sdim, seed=0,
+                        command=command,
+                        protocol=f"one training step (fwd+bwd+Adam), batch 256, L=1024, median of {args.speed_steps}; "
+                                 "reference = full dot-product target attention over all L; ratio = speed-up (bar: >= 3x)"))
     write_rows(args.out, rows)
-    print(json.dumps({k: {m: v for m, v in r.items() if m != "valid_curve"} for k, r in results.items()}, indent=1))
+    summary = {n: {k: mean_std(v) for k, v in per_seed[n].items()} for n in names}
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
