@@ -15,7 +15,7 @@ one 0/1 collision mask [B,C,S,L] times the history (a bmm, whose backward is ano
 the codes from one [B*L, d] x [d, m] matmul per embedding field (no concatenated copy) and the sign
 bits packed into uint8 codes with byte shifts. The scatter-add table (`kernels.ops.sdim_bucket_table`)
 builds all S * 2**tau sums and its backward is a gather over [B*L*S] rows; with int64 code arithmetic
-it made the CPU training step ~5x slower at L=1,024 (1.2 s vs 0.14-0.25 s, benchmarks/sdim_speed).
+it made the CPU training step 10x slower at L=1,024, batch 256 (~1.2 s vs 0.08-0.14 s, benchmarks/sdim_speed).
 Both forms give the same numbers up to float summation order (tested).
 """
 
@@ -62,7 +62,7 @@ class SimHashInterest(nn.Module):
             w = part.shape[-1]
             flat = part.detach().reshape(-1, w).to(self.projections.dtype)
             proj = self.projections[row:row + w]
-            rot = flat @ proj if rot is None else torch.addmm(rot, flat, proj)  # [N, S*tau]
+            rot = flat @ proj if rot is None else rot.addmm_(flat, proj)  # [N, S*tau], in place
             row += w
         if row != self.dim:
             raise ValueError(f"history fields add up to width {row}, expected {self.dim}")
