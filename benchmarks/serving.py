@@ -1,5 +1,12 @@
-"""Serving latency: a bounded async-httpx load generator on loopback against a real uvicorn
-server (one worker, SQLite store, per-user model state cached), for SDIM and DARE.
+"""Serving latency: a bounded load generator on loopback against a real uvicorn server (one
+worker, SQLite store, per-user model state cached), for SDIM and DARE.
+
+Clients (`--client`, named in every row's protocol): `wrk` (default; Debian's wrk 4.1, C and
+epoll, so the client takes far less of the 2 shared cores than Python: `apt-get install -y wrk`)
+with one thread and `concurrency` keep-alive connections, each POSTing pre-built JSON bodies
+(rotating over 32 candidate sets); p50/p99 and requests/s come from wrk's own latency histogram
+(a Lua `done` hook prints them exactly; the `--latency` table is the same histogram, rounded).
+`httpx`: the async httpx client in Python (the older rows).
 
 Grid: concurrency {1, 8, 64} x candidates C {100, 512} x history L {100, 2000, 10000}; p50/p99
 latency and throughput per cell (each cell runs `--seconds` or `--max-requests`, whichever ends
@@ -8,13 +15,16 @@ HTTP+validation overhead ratio, and micro-batching on vs off (max_batch 16 vs 1)
 Weights are freshly initialised (latency does not depend on their values); ids are synthetic.
 
     .venv/bin/python -m benchmarks.serving            # full grid, writes benchmarks/results/serving.json
+    .venv/bin/python -m benchmarks.serving --models sdim --out serving_wrk   # the SDIM rows only
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
     from serving.app import create_app
     from serving.settings import BatchSettings, ServingSettings
 
-    settings = ServingSettings(store=f"sqlite:{args.db}", token="bench", max_candidates=1024,
+    settings = ServingSettings(store=f"sqlite:{args.db}", token="bench", max_candidates=1024, fast_score_path=not args.no_fast_path,
                                batch=BatchSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms))
     settings.configure_process()  # as `recsys serve` does: 1 torch thread, 0.5 ms GIL switch interval
     uvicorn.run(create_app(settings, ctr=make_scorer(args.model)), host="127.0.0.1", port=args.port,
@@ -102,6 +112,60 @@ async def load(port: int, user: int, cands: list[list[int]], concurrency: int, s
             "n": len(a), "errors": errors}
 
 
+WRK_SCRIPT = """
+local bodies = {BODIES}
+local reqs, i = {}, 0
+function init(args)
+  for k, b in ipairs(bodies) do
+    reqs[k] = wrk.format("POST", "/v1/score", {["Content-Type"] = "application/json"}, b)
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"n": %d, "us": %d, "p50_us": %d, "p99_us": %d, "status_errors": %d, "socket_errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"  # Lua long bracket: no escaping needed for JSON
+
+
+def load_wrk(port: int, user: int, cands: list[list[int]], concurrency: int, seconds: float) -> dict:
+    """One wrk run (1 thread, `concurrency` connections, `seconds`) after 3 warm-up requests."""
+    import httpx
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("benchmarks.serving --client wrk: wrk not found (apt-get install -y wrk), or use --client httpx")
+    bodies = [json.dumps({"user_id": user, "candidates": c}, separators=(",", ":")) for c in cands]
+    for b in bodies[:3]:  # warm-up (also caches the user's state)
+        httpx.post(f"http://127.0.0.1:{port}/v1/score", content=b, headers={"Content-Type": "application/json"},
+                   timeout=600).raise_for_status()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT.replace("{BODIES}", "{" + ",".join(lua_string(b) for b in bodies) + "}"))
+    try:
+        out = subprocess.run([wrk, "-t", "1", "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "30s", "--latency",
+                              "-s", f.name, f"http://127.0.0.1:{port}/v1/score"], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    res = json.loads(next(line for line in out.splitlines() if line.startswith("WRKJSON "))[len("WRKJSON "):])
+    return {"p50_ms": res["p50_us"] / 1e3, "p99_ms": res["p99_us"] / 1e3, "rps": res["n"] / (res["us"] / 1e6), "n": res["n"],
+            "errors": res["status_errors"] + res["socket_errors"]}
+
+
+def run_load(client: str, port: int, user: int, cands: list[list[int]], concurrency: int, seconds: float, max_requests: int) -> dict:
+    if client == "wrk":
+        return load_wrk(port, user, cands, concurrency, seconds)
+    return asyncio.run(load(port, user, cands, concurrency, seconds, max_requests))
+
+
 def in_process_ms(model: str, db: Path, length_user: int, c: int, reps: int = 50) -> float:
     """Median in-process scoring time (cached state, ids -> probabilities), no HTTP."""
     from serving.store.sqlite import SQLiteStore
@@ -121,12 +185,12 @@ def in_process_ms(model: str, db: Path, length_user: int, c: int, reps: int = 50
     return float(np.median(times) * 1e3)
 
 
-def start(model: str, db: Path, port: int, max_batch: int) -> subprocess.Popen:
+def start(model: str, db: Path, port: int, max_batch: int, fast_path: bool = True) -> subprocess.Popen:
     import httpx
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serving", "--worker", "--model", model, "--db", str(db),
-                             "--port", str(port), "--max-batch", str(max_batch)], env=env)
+                             "--port", str(port), "--max-batch", str(max_batch)] + ([] if fast_path else ["--no-fast-path"]), env=env)
     for _ in range(600):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
@@ -174,6 +238,9 @@ def main() -> None:
     p.add_argument("--cands", default=",".join(map(str, CANDS)), help="grid subset, e.g. 512")
     p.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="grid subset of 100,2000,10000")
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="grid subset, e.g. 1,8")
+    p.add_argument("--client", choices=("wrk", "httpx"), default="wrk", help="load generator (see the module docstring)")
+    p.add_argument("--no-fast-path", action="store_true", help="serve /v1/score through the FastAPI route only")
+    p.add_argument("--no-batching-rows", action="store_true", help="skip the max_batch 16 vs 1 comparison")
     p.add_argument("--out", default="serving", help="result name (benchmarks/results/<out>.json)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -188,15 +255,19 @@ def main() -> None:
     assert set(lengths_grid) <= set(LENGTHS), f"--lengths: subset of {LENGTHS}"
     command = ".venv/bin/python -m benchmarks.serving " + " ".join(
         f"--{k} {v}" for k, v in (("models", args.models), ("cands", args.cands), ("lengths", args.lengths),
-                                  ("concurrency", args.concurrency), ("out", args.out)))
+                                  ("concurrency", args.concurrency), ("client", args.client), ("seconds", args.seconds),
+                                  ("out", args.out))) + (" --no-fast-path" if args.no_fast_path else "") + (
+        " --no-batching-rows" if args.no_batching_rows else "")
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     db = tmp / "state.sqlite3"
     fill_store(db)
     rng = np.random.default_rng(2)
     cand_sets = {c: [rng.integers(1, NUM_ITEMS + 1, c).tolist() for _ in range(32)] for c in sorted({*cands_grid, 100, 512})}
     rows = []
-    base = ("loopback HTTP POST /v1/score, httpx async client in a separate process, uvicorn 1 worker (uvloop+httptools),"
-            " SQLite store, cached per-user state, freshly initialised weights")
+    client = ("wrk 4.1 client (1 thread, 1 connection per concurrent request)" if args.client == "wrk"
+              else "httpx async client in a separate process")
+    base = (f"loopback HTTP POST /v1/score, {client}, uvicorn 1 worker (uvloop+httptools),"
+            f" SQLite store, cached per-user state, freshly initialised weights, /v1/score fast path {'off' if args.no_fast_path else 'on'}")
 
     def add(model: str, protocol: str, metric: str, value: float, reference: float | None = None) -> None:
         ratio = None if reference in (None, 0) else value / reference
@@ -208,7 +279,7 @@ def main() -> None:
 
     for model in args.models.split(","):
         port = free_port()
-        proc = start(model, db, port, args.max_batch)
+        proc = start(model, db, port, args.max_batch, not args.no_fast_path)
         try:
             p99 = {}
             for c in cands_grid:
@@ -217,7 +288,7 @@ def main() -> None:
                         continue
                     for conc in conc_grid:
                         load1 = os.getloadavg()[0]
-                        res = asyncio.run(load(port, user, cand_sets[c], conc, args.seconds, args.max_requests))
+                        res = run_load(args.client, port, user, cand_sets[c], conc, args.seconds, args.max_requests)
                         assert res["errors"] == 0, res
                         proto = f"{base}, C={c}, L={length}, concurrency={conc}, n={res['n']}, 2-core load avg {load1:.1f}"
                         target = 20.0 if (model == "sdim" and c == 512 and length == 10_000 and conc == 8) else None
@@ -235,26 +306,31 @@ def main() -> None:
             inproc = in_process_ms(model, db, 3, 512)
             app0 = app_seconds(port)
             load1 = os.getloadavg()[0]
-            res = asyncio.run(load(port, 3, cand_sets[512], 1, args.seconds, args.max_requests))
+            res = run_load(args.client, port, 3, cand_sets[512], 1, args.seconds, args.max_requests)
             app1 = app_seconds(port)
             http = res["p50_ms"]
             app_ms = (app1[0] - app0[0]) / max(app1[1] - app0[1], 1) * 1e3
             add(model, f"in-process CTRScorer (ids -> probabilities, cached state), C=512, L=10000, median, 2-core load avg {load1:.1f}",
                 "inproc_ms", inproc)
-            add(model, f"{base}, C=512, L=10000, concurrency=1: (HTTP p50 - in-process) / in-process", "http_overhead_ratio",
-                (http - inproc) / inproc, 0.30)
-            add(model, "server-side mean /v1/score time (ASGI app: validation, routing, state check, batching, scoring,"
-                " serialisation; excludes socket I/O, HTTP parsing and the client), C=512, L=10000, concurrency=1",
-                "app_ms", app_ms)
-            add(model, "server-side mean /v1/score time vs in-process scoring, C=512, L=10000, concurrency=1:"
-                " (app - in-process) / in-process", "app_overhead_ratio", (app_ms - inproc) / inproc, 0.30)
-            batched = asyncio.run(load(port, 2, cand_sets[100], 64, args.seconds, args.max_requests))
+            ov = f"{base}, C=512, L=10000, concurrency=1, n={res['n']}, 2-core load avg {load1:.1f}"
+            add(model, ov, "http_p50_ms", http)
+            add(model, f"{ov}: (HTTP p50 - in-process) / in-process", "http_overhead_ratio", (http - inproc) / inproc, 0.30)
+            fp = "fast path off" if args.no_fast_path else "fast path on"
+            add(model, f"server-side mean /v1/score time (ASGI app: validation, routing, state check, batching, scoring,"
+                f" serialisation; excludes socket I/O, HTTP parsing and the client), {fp}, C=512, L=10000, concurrency=1,"
+                f" {args.client} client, 2-core load avg {load1:.1f}", "app_ms", app_ms)
+            add(model, f"server-side mean /v1/score time vs in-process scoring, {fp}, C=512, L=10000, concurrency=1,"
+                f" {args.client} client: (app - in-process) / in-process", "app_overhead_ratio", (app_ms - inproc) / inproc, 0.30)
+            if not args.no_batching_rows:
+                batched = run_load(args.client, port, 2, cand_sets[100], 64, args.seconds, args.max_requests)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        proc = start(model, db, port, 1)
+        if args.no_batching_rows:
+            continue
+        proc = start(model, db, port, 1, not args.no_fast_path)
         try:
-            single = asyncio.run(load(port, 2, cand_sets[100], 64, args.seconds, args.max_requests))
+            single = run_load(args.client, port, 2, cand_sets[100], 64, args.seconds, args.max_requests)
         finally:
             proc.terminate()
             proc.wait(timeout=30)

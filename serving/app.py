@@ -30,9 +30,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.middleware import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.batcher import MicroBatcher, Overloaded
+from serving.fastpath import FastScoreMiddleware
 from serving.metrics import Metrics
 from serving.models import CTRScorer, Retriever, State, clone_state
 from serving.schemas import (
@@ -134,6 +136,10 @@ class Service:
 def _error(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> JSONResponse:
     message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
     return JSONResponse({"detail": errors, "message": message}, status_code=status, headers=headers)
+
+
+def overloaded_response(exc: Overloaded) -> JSONResponse:
+    return _error(503, [{"loc": [], "msg": str(exc), "type": "overloaded"}], {"Retry-After": "1"})
 
 
 class GuardMiddleware:
@@ -281,7 +287,7 @@ def create_app(
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return _error(503, [{"loc": [], "msg": str(exc), "type": "overloaded"}], {"Retry-After": "1"})
+        return overloaded_response(exc)
 
     @app.exception_handler(Unavailable)
     async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
@@ -295,6 +301,39 @@ def create_app(
         # cold: load/encode it here first so a long history does not stall other users' batch
         us = None if cache.contains(scorer, user_id) else await run_in_threadpool(cache.get, scorer, user_id)
         return await batcher.submit(ScoreJob(scorer, cache, user_id, us, dense, cats, recent))
+
+    async def score_raw(scorer: CTRScorer, user_id: int, raw: np.ndarray, cats: np.ndarray | None = None,
+                        recent: History | None = None) -> bytes:
+        """Score raw candidate ids; the JSON response body (shared by the route and the fast path)."""
+        dense = scorer.encode_items(raw)
+        us, probs = await score_dense(scorer, user_id, dense, cats, recent)
+        # the ScoreResponse schema (documented on the route), serialised directly: the values are
+        # built here with the right types, so FastAPI's re-validation of 512 floats is skipped;
+        # NaN (unknown candidate) -> null
+        body = {
+            "user_id": user_id,
+            "scores": probs,
+            "model": {"name": scorer.info.name, "version": scorer.info.version},
+            "unknown_items": raw[dense == 0],
+            "cold_start": us.seq == 0,
+            "history_length": us.history_length,
+        }
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def fast_accept() -> bool:
+        return svc.ready and svc.ctr is not None
+
+    async def fast_score(user_id: int, raw: np.ndarray) -> bytes:
+        return await score_raw(svc.need_ctr(), user_id, raw)
+
+    def fast_error(exc: Exception) -> Any | None:
+        return overloaded_response(exc) if isinstance(exc, Overloaded) else None
+
+    # inside GuardMiddleware (user_middleware[0] is outermost): size limits and metrics apply to it too
+    app.user_middleware.append(Middleware(
+        FastScoreMiddleware, enabled=settings.fast_score_path and not settings.require_token_for_reads,
+        max_candidates=settings.max_candidates, accept=fast_accept, score_raw=fast_score, on_error=fast_error,
+        count=lambda outcome: svc.metrics.fast_path.labels(outcome).inc()))
 
     # open reads skip the auth dependency altogether (FastAPI resolves every declared dependency
     # on each request; the OpenAPI docs then show no security on the read endpoints, as served)
@@ -319,20 +358,7 @@ def create_app(
                 np.asarray([e.timestamp or 0 for e in req.recent_events], dtype=np.int64),
             )
         raw = np.asarray(req.candidates, dtype=np.int64)
-        dense = scorer.encode_items(raw)
-        us, probs = await score_dense(scorer, req.user_id, dense, cats, recent)
-        # the ScoreResponse schema (documented above), serialised directly: the values are built
-        # here with the right types, so FastAPI's re-validation of 512 floats is skipped; NaN
-        # (unknown candidate) -> null
-        body = {
-            "user_id": req.user_id,
-            "scores": probs,
-            "model": {"name": scorer.info.name, "version": scorer.info.version},
-            "unknown_items": raw[dense == 0],
-            "cold_start": us.seq == 0,
-            "history_length": us.history_length,
-        }
-        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        return Response(await score_raw(scorer, req.user_id, raw, cats, recent), media_type="application/json")
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=read_deps)
     async def recommend(req: RecommendRequest) -> RecommendResponse:

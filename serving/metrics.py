@@ -34,6 +34,10 @@ class Metrics:
         self.state_cache = Counter(
             "recsys_state_cache_total", "per-user model state lookups by outcome", ["outcome"], registry=self.registry
         )
+        self.fast_path = Counter(
+            "recsys_fast_path_total", "POST /v1/score requests by path: served by the fast path or passed to the FastAPI route",
+            ["outcome"], registry=self.registry
+        )
 
     @contextmanager
     def store_op(self, op: str) -> Iterator[None]:

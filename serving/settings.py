@@ -47,6 +47,8 @@ class ServingSettings(StrictModel):
     token_env: str = TOKEN_ENV
     require_token_for_reads: bool = False
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    # plain valid /v1/score bodies skip FastAPI (serving/fastpath.py); anything else takes the route
+    fast_score_path: bool = True
     torch_threads: int = Field(1, ge=1)  # intra-op threads of the server process (one request's tensors are small)
     gil_switch_interval_ms: float = Field(0.5, gt=0.0, le=100.0)
 
