@@ -15,7 +15,8 @@ one 0/1 collision mask [B,C,S,L] times the history (a bmm, whose backward is ano
 the codes from one [B*L, d] x [d, m] matmul per embedding field (no concatenated copy) and the sign
 bits packed into uint8 codes with byte shifts. The scatter-add table (`kernels.ops.sdim_bucket_table`)
 builds all S * 2**tau sums and its backward is a gather over [B*L*S] rows; with int64 code arithmetic
-it made the CPU training step 10x slower at L=1,024, batch 256 (~1.2 s vs 0.08-0.14 s, benchmarks/sdim_speed).
+the old training step took ~1.5 s at L=1,024, batch 256 (torch.profiler; 1.2 s at batch 128 in
+the first sdim_speed table) against 0.08-0.14 s now (benchmarks/results/sdim_speed.json).
 Both forms give the same numbers up to float summation order (tested).
 """
 

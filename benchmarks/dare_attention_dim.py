@@ -62,8 +62,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     dims = [int(x) for x in args.dims.split(",")]
-    command = (f".venv/bin/python -m benchmarks.dare_attention_dim --dims {args.dims} --epochs {args.epochs} "
-               f"--max-history {args.max_history}" + (" --skip-auc" if args.skip_auc else ""))
+    command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.dare_attention_dim --dims {args.dims} "
+               f"--rep-dim {args.rep_dim} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} "
+               f"--max-history {args.max_history} --seed {args.seed} --reps {args.reps}"
+               + (" --skip-auc" if args.skip_auc else ""))
     rows, out = [], {}
     b, c, length, k = 64, 16, 2000, 20
     base = None
@@ -92,7 +94,8 @@ def main() -> None:
                             value=res["auc"], seed=args.seed, command=command,
                             protocol=f"planted CTR test split, histories <= {args.max_history}, representation "
                                      f"{args.rep_dim}/field, Adam lr {args.lr}, {args.epochs} epochs, batch "
-                                     f"{args.batch_size}, best-valid-AUC epoch"))
+                                     f"{args.batch_size}, best-valid-AUC epoch; valid AUC per epoch "
+                                     f"{res['valid_curve']}"))
             write_rows("dare_attention_dim", rows)
     write_rows("dare_attention_dim", rows)
     print(json.dumps(out, indent=1))
