@@ -1,7 +1,9 @@
 """The same FastAPI app as a Ray Serve deployment with N replicas.
 
 Each replica builds its own app from the settings (`serve.ingress` with a builder, so models are
-loaded on the replica, not pickled from the driver) and keeps its own in-process state cache;
+loaded on the replica, not pickled from the driver), sets the same process knobs as `recsys serve`
+(torch threads, GIL switch interval: `ServingSettings.configure_process`), and keeps its own
+in-process state cache;
 replicas share the event log and the serialised per-user states through the Redis store, and a
 replica whose cached state is behind (events arrived through another replica) catches up from the
 store's `seq`. SQLite is refused for more than one replica: its file is local to one machine.
@@ -19,14 +21,21 @@ log = logging.getLogger(__name__)
 APP_NAME = "recsys"
 
 
+def replica_app(settings: ServingSettings):  # noqa: ANN201 - a FastAPI app
+    """What one replica serves: the process knobs of `recsys serve` (a replica is its own process),
+    then `create_app(settings)`."""
+    from serving.app import create_app
+
+    settings.configure_process()
+    return create_app(settings)
+
+
 def build_app(settings: ServingSettings):  # noqa: ANN201 - a Ray Serve application
     """A bound Ray Serve application serving `create_app(settings)` on every replica."""
     from ray import serve
 
-    from serving.app import create_app
-
     def builder():  # noqa: ANN202 - a plain function: Ray Serve calls it on each replica
-        return create_app(settings)
+        return replica_app(settings)
 
     @serve.deployment(name="scoring", ray_actor_options={"num_cpus": 0})
     @serve.ingress(builder)

@@ -38,3 +38,21 @@ def test_two_replicas_share_the_redis_store(model_dirs: dict[str, Path], redis_u
             assert 'recsys_requests_total{endpoint="/v1/score"' in c.get("/metrics").text
     finally:
         ray_serve.shutdown()
+
+
+def test_replica_app_sets_the_process_knobs() -> None:
+    """A replica (its own process) gets `recsys serve`'s torch threads and GIL switch interval."""
+    import sys
+
+    import torch
+
+    from serving.ray_serve import replica_app
+
+    before = (torch.get_num_threads(), sys.getswitchinterval())
+    try:
+        app = replica_app(ServingSettings(torch_threads=2, gil_switch_interval_ms=0.7, token="t"))
+        assert torch.get_num_threads() == 2 and abs(sys.getswitchinterval() - 0.0007) < 1e-9
+        assert "/v1/score" in app.openapi()["paths"]
+    finally:
+        torch.set_num_threads(before[0])
+        sys.setswitchinterval(before[1])
