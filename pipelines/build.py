@@ -8,7 +8,9 @@ reference in recsys/data/transform.py, so both give identical tables; a test ass
 2. global statistics in the driver, vectorised: vocabularies (dense ids by sorted raw id), item
    popularity, item -> category of its first event. Small outputs; shipped to workers by ray.put.
 3. bucket users by hash: `bucket = splitmix64(dense user) % num_buckets`, and hand Ray one block
-   per bucket (`ray.data.from_arrow(list of per-bucket tables)`).
+   per bucket, put into the object store one bucket at a time (stable argsort by bucket + one
+   gather per bucket, so the driver never holds a second full copy); the driver then drops its
+   events (it keeps only the counts for the manifest) and `ray.data.from_arrow_refs` reads the blocks.
 4. `map_batches(batch_size=None)` = one call per bucket block: encode raw -> dense ids, polars
    stable sort on (user, timestamp, input order) + per-user list aggregation, then that bucket's
    eval negatives and CTR samples (random draws are counter-based hashes of (seed, user, slot),
@@ -23,8 +25,10 @@ one partition with its neighbours). `groupby(bucket).map_groups` was the first v
 the Taobao sample on this 2-core machine it took 10-12 s for the shuffle alone versus < 1 s (warm)
 for per-bucket blocks, because the shuffle re-reads and re-sorts every event. Hashed buckets give
 balanced groups (a heavy user only adds to its own bucket) that polars groups in native code.
-The cost: the driver holds the events once (it reads them anyway in step 1); a cluster build of
-data larger than driver memory would read per-file blocks and shuffle by bucket instead.
+The cost: the driver holds the events once until they are in the object store (it reads them
+anyway in step 1); a cluster build of data larger than driver memory would read per-file blocks
+and shuffle by bucket instead. Memory (benchmarks/pipeline.py, working set = peak - idle PSS of
+the whole process tree): the peak is in the shared read + validate step, not in the Ray part.
 
 Local Ray when no address is given (`ray.init(num_cpus=2, include_dashboard=False)`); the same code
 runs on a cluster with `--ray-address`. Ray Data shows its progress bars for the long steps.
@@ -36,6 +40,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,7 @@ from recsys.data import schema
 from recsys.data.build_config import BuildConfig, load_build_config, resolve_path, resolved_source
 from recsys.data.negatives import _mix
 from recsys.data.readers import read_events
+from recsys.data.validate import Validated
 from recsys.data.transform import (
     ORDER,
     BuildTables,
@@ -92,15 +98,56 @@ def build_ray(cfg: BuildConfig, output_dir: str | Path, address: str | None = No
     validated = read_events(resolved_source(cfg), cfg.max_reject_fraction)
     log.info("read %d rows: kept %d, rejected %d %s", validated.read, validated.kept, validated.rejected,
              {k: v for k, v in validated.counts.items() if v})
-    tables, stats = transform_ray(validated.events, cfg)
+    # hand the events over (the driver keeps only the counts): the pipeline frees them once the
+    # buckets are in the object store, instead of holding them until the outputs are written
+    holder = [validated.events]
+    validated = _CountsOnly(events=validated.events.clear(), rejects=validated.rejects, read=validated.read,
+                            counts=validated.counts, kept_rows=validated.kept)
+    tables, stats = _transform_owned(holder, cfg)
     manifest = write_build(Path(output_dir), tables, stats, validated, cfg, engine="ray")
     log.info("ray build done in %.1fs", time.perf_counter() - t0)
     return manifest
 
 
+@dataclass
+class _CountsOnly(Validated):
+    """A Validated whose events were handed to the pipeline: keeps the kept-row count for the manifest."""
+
+    kept_rows: int = 0
+
+    @property
+    def kept(self) -> int:
+        return self.kept_rows
+
+
 def transform_ray(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, GlobalStats]:
     """The transformation of recsys.data.transform.transform, distributed with Ray Data."""
+    return _transform_owned([events], cfg)
+
+
+def _put_buckets(events: pl.DataFrame, dense_users: np.ndarray, num_buckets: int) -> list:
+    """One object-store block per user bucket (events in input order), built one bucket at a time
+    (a stable argsort by bucket + one gather per bucket) so the driver never holds a second copy
+    of all events; only the columns the per-bucket step reads travel."""
     import ray
+
+    cols = [c for c in events.columns if c != "line"]
+    bucket = bucket_of(dense_users, num_buckets)
+    perm = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[perm], np.arange(num_buckets + 1))
+    del bucket
+    refs = []
+    for b in range(num_buckets):
+        if bounds[b + 1] > bounds[b]:
+            refs.append(ray.put(events.select(cols)[perm[bounds[b]:bounds[b + 1]]].to_arrow()))
+    return refs
+
+
+def _transform_owned(holder: list, cfg: BuildConfig) -> tuple[BuildTables, GlobalStats]:
+    """transform_ray on `holder[0]`, which it takes out of the list so it can free the events early."""
+    import ray
+
+    events: pl.DataFrame = holder.pop()
 
     # 2. global statistics: vocabularies, popularity, item -> category (small outputs, one pass)
     cats = events[schema.CATEGORY].to_numpy() if schema.CATEGORY in events.columns else None
@@ -136,16 +183,18 @@ def transform_ray(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, 
 
     # bucket in the driver (one cheap vectorised pass) so that each Ray block is exactly one bucket:
     # map_batches(batch_size=None) then sees every event of its users and groups them locally.
-    dense_users = vocabs["users"].encode(events[schema.USER].to_numpy())
-    buckets = events.select(schema.REQUIRED_EVENT_COLUMNS[0]).with_columns(
-        pl.Series(BUCKET, bucket_of(dense_users, num_buckets)))[BUCKET]
-    parts = [p.drop(BUCKET).to_arrow() for p in events.with_columns(buckets).partition_by(BUCKET, maintain_order=True)]
-    out_ds = ray.data.from_arrow(parts).map_batches(
+    del dense_items, cats
+    refs = _put_buckets(events, vocabs["users"].encode(events[schema.USER].to_numpy()), num_buckets)
+    del events  # the object store holds them now
+    out_ds = ray.data.from_arrow_refs(refs).map_batches(
         lambda b: bucket_outputs(encode_block(b)), batch_format="pyarrow", batch_size=None)
+    out_refs = out_ds.to_arrow_refs()
+    del out_ds, refs  # frees the input blocks
 
     # 6. collect, order by user (stable: rows of one user stay in their generated order), unpack
-    tabs = [t for t in ray.get(out_ds.to_arrow_refs()) if t.num_rows]
+    tabs = [t for t in ray.get(out_refs) if t.num_rows]
     allr = pl.concat([pl.from_arrow(t) for t in tabs], how="vertical_relaxed").sort(schema.USER, maintain_order=True)
+    del tabs, out_refs  # the sorted copy is all the driver needs
     if allr[schema.USER].n_unique() != allr.height:
         raise RuntimeError("a user's events were split across Ray blocks; bucket blocks must stay whole")
     seqs = allr.drop(schema.NEGATIVES, CTR_COL)
@@ -158,6 +207,7 @@ def transform_ray(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, 
         users = allr.select(schema.USER, pl.col(CTR_COL).list.len().fill_null(0).alias("_n"))
         uid = np.repeat(users[schema.USER].to_numpy(), users["_n"].to_numpy())
         ctr = ctr.with_columns(pl.Series(schema.USER, uid)).select(ctr_empty.columns).cast(dict(ctr_empty.schema))
+    del allr
     return BuildTables(seqs, ev, ctr), stats
 
 
