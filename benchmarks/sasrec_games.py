@@ -9,7 +9,8 @@ the best weights).
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --negatives 8        # not the paper's loss
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --batching random    # plain shuffled batches
 
-Results: benchmarks/results/sasrec_games.json (bucketed, BCE-1), otherwise sasrec_games_<batching>_neg<K>.json.
+Results: benchmarks/results/sasrec_games.json (bucketed, BCE-1, query-only LN), otherwise
+sasrec_games_<batching>_neg<K>[_<norm>].json.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                          bucket_by_length=args.batching == "bucketed")
     data["loss"]["num_negatives"] = args.negatives
     variant = "" if (args.batching, args.negatives) == ("bucketed", 1) else f"_{args.batching}_neg{args.negatives}"
+    if args.norm != "query_only":
+        variant += f"_{args.norm}"
     data.update(output_dir=args.output_dir, seed=args.seed,
                 name=f"sasrec-games-{args.norm}-{args.batching}-neg{args.negatives}-s{args.seed}")
     cfg = parse_experiment(data, "sasrec_games")
