@@ -42,7 +42,7 @@ class DemoConfig(StrictModel):
         REPO_ROOT / "configs/experiments/ctr_dare_ml-100k.yaml",
     ])
     #: cap on each model's training time (minutes) so the demo stays a demo
-    max_train_minutes: float = Field(3.0, gt=0)
+    max_train_minutes: float = Field(2.0, gt=0)
     serve: bool = True
     report: bool = True
 
