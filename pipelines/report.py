@@ -117,7 +117,11 @@ def _multiplicities(num_units: int, n_boot: int, rng: np.random.Generator) -> np
 
 
 def _percentile_ci(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
+    finite = samples[np.isfinite(samples)]
+    if finite.size < samples.size:  # e.g. a resample whose users all have one class (AUC/GAUC undefined)
+        log.warning("bootstrap: %d of %d resamples undefined; the interval uses the %d defined ones",
+                    samples.size - finite.size, samples.size, finite.size)
+    samples = finite
     if samples.size == 0:
         return float("nan"), float("nan")
     a = (1.0 - confidence) / 2.0

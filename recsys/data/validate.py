@@ -8,10 +8,10 @@ order:
     non_integer_id      user_id, item_id or category_id missing or not an integer
     null_timestamp      timestamp missing or not an integral number
     negative_timestamp  timestamp < 0
-    bad_label           label present in the source but not a number (e.g. rating "abc")
+    bad_label           label present in the source but not 0 or 1 (e.g. rating "abc", a label of 2 or -1)
     duplicate           every event column equal to an earlier kept row (the first is kept)
 
-`read = kept + rejected` always holds (asserted). A required column missing from the source is an
+`read = kept + rejected` always holds (checked; a violation raises). A required column missing from the source is an
 error naming it; a rejected fraction above `max_reject_fraction` is an error with the per-reason
 counts.
 """
@@ -92,8 +92,9 @@ def validate(result: ReadResult, max_reject_fraction: float = 1.0, source: str =
     label_bad = pl.lit(False)
     if schema.LABEL in result.has_columns:
         lab_typed = _int_id(schema.LABEL, df.schema[schema.LABEL])
-        typed.append(lab_typed.cast(pl.Int8, strict=False).alias(schema.LABEL))
-        label_bad = lab_typed.is_null()
+        # a click label is 0 or 1; anything else (2, -1, 300, text) is a counted `bad_label` reject
+        label_bad = lab_typed.is_null() | ~lab_typed.is_in([0, 1])
+        typed.append(pl.when(label_bad).then(None).otherwise(lab_typed).cast(pl.Int8).alias(schema.LABEL))
     if schema.EVENT_TYPE in result.has_columns:
         typed.append(pl.col(schema.EVENT_TYPE).cast(pl.String).str.strip_chars().alias(schema.EVENT_TYPE))
     # label validity must be judged on the untyped column, so compute it before overwriting
@@ -122,7 +123,8 @@ def validate(result: ReadResult, max_reject_fraction: float = 1.0, source: str =
     for r, n in rejects.group_by("reason").len().iter_rows():
         counts[r] = int(n)
     out = Validated(events=events, rejects=rejects, read=read, counts=counts)
-    assert out.read == out.kept + out.rejected, "row accounting broken"
+    if out.read != out.kept + out.rejected:  # not an assert: must hold under python -O too
+        raise RuntimeError(f"{source}: row accounting broken: read {out.read} != kept {out.kept} + rejected {out.rejected}")
     frac = out.rejected / read
     if frac > max_reject_fraction:
         detail = ", ".join(f"{k}={v}" for k, v in counts.items() if v)

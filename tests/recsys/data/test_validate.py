@@ -81,3 +81,15 @@ def test_bad_rating_is_bad_label(tmp_path: Path) -> None:
     path.write_text("1\t2\t5\t100\n1\t3\tx\t101\n")
     v = read_events(SourceConfig(format="movielens_udata", path=str(path), rating_threshold=4))
     assert v.counts["bad_label"] == 1 and v.events[schema.LABEL].to_list() == [1]
+
+
+def test_label_outside_zero_one_is_bad_label(tmp_path: Path) -> None:
+    """A mapped label column must hold clicks (0/1): 2, -1 and 300 are counted rejects, not kept or cast away."""
+    path = tmp_path / "events.csv"
+    path.write_text("u,i,t,clk\n1,2,10,1\n1,3,11,0\n1,4,12,2\n1,5,13,-1\n1,6,14,300\n")
+    cfg = SourceConfig(format="table", path=str(path),
+                       columns={"user_id": "u", "item_id": "i", "timestamp": "t", "label": "clk"})
+    v = read_events(cfg)
+    assert v.read == 5 and v.counts["bad_label"] == 3
+    assert v.events[schema.LABEL].to_list() == [1, 0]
+    assert sorted(v.rejects["line"].to_list()) == [3, 4, 5]  # data rows, 1-based (header not counted)

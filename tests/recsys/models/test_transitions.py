@@ -91,8 +91,7 @@ def test_kd_rejects_mismatched_table() -> None:
 def test_real_data_pair_count(shared_data) -> None:  # noqa: ANN001
     """On real SASRec-format data (Games), the graph holds every adjacent training pair once."""
     path = shared_data / "amazon-games-sasrec" / "Video.txt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+    assert path.is_file(), f"{path} missing from the shared data folder"
     arr = np.loadtxt(path, dtype=np.int64)[:20000]
     users, starts = np.unique(arr[:, 0], return_index=True)
     order = np.argsort(starts)
