@@ -6,6 +6,11 @@
   that have both a positive and a negative (users with one class have no AUC and are excluded
   from both numerator and denominator). NaN when no user qualifies.
 - logloss: mean binary cross-entropy with probabilities clipped to [eps, 1 - eps].
+
+`auc` and `gauc` take optional sample `weights`: [S] (one value) or [R, S] (R values at once,
+e.g. R bootstrap resamples sharing one sort). A weight acts as a repeat count: integer weights
+give exactly the metric of the rows repeated that many times (ties still count 1/2 per pair),
+and a user's GAUC weight is its summed sample weight.
 """
 
 from __future__ import annotations
@@ -34,48 +39,78 @@ def _check(labels: np.ndarray, *others: tuple[np.ndarray, str]) -> None:
         raise ValueError("labels must be 0 or 1")
 
 
-def _average_ranks(groups: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """1-based average ranks of scores within each group; returns (order, ranks in that order)."""
-    order = np.lexsort((scores, groups))
-    g, s = groups[order], scores[order]
-    n = len(s)
-    idx = np.arange(n)
+def _weights(weights: Any, n: int) -> np.ndarray:
+    """[R, n] float64 sample weights (ones when None); finite and >= 0."""
+    if weights is None:
+        return np.ones((1, n))
+    if hasattr(weights, "detach"):
+        weights = weights.detach().cpu().numpy()
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim not in (1, 2) or w.shape[-1] != n:
+        raise ValueError(f"weights must have shape [{n}] or [R, {n}] (one per label), got {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite and >= 0")
+    return np.atleast_2d(w)
+
+
+def _grouped_auc(groups: np.ndarray, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted AUC of every group (ties 1/2): returns (auc [R, G] NaN where a class has no weight,
+    positive weight [R, G], negative weight [R, G]). Groups in sorted order; needs len(y) > 0."""
+    order = np.lexsort((s, groups))
+    g, so, yo = groups[order], s[order], y[order]
     new_group = np.r_[True, g[1:] != g[:-1]]
-    group_start = np.maximum.accumulate(np.where(new_group, idx, 0))
-    new_tie = new_group | np.r_[True, s[1:] != s[:-1]]
-    tie_id = np.cumsum(new_tie) - 1
-    tie_first = idx[new_tie]
-    tie_last = np.r_[tie_first[1:] - 1, n - 1]
-    ranks = (tie_first[tie_id] + tie_last[tie_id]) / 2.0 - group_start + 1.0
-    return order, ranks
+    new_tie = new_group | np.r_[True, so[1:] != so[:-1]]
+    tie_starts = np.flatnonzero(new_tie)  # [T] runs of equal (group, score)
+    group_of_tie = np.cumsum(new_group)[tie_starts] - 1  # [T]
+    group_first_tie = np.flatnonzero(new_group[tie_starts])  # [G] index of each group's first tie run
+    wo = w[:, order]  # [R, S]
+    pos = np.add.reduceat(wo * yo, tie_starts, axis=1)  # [R, T] positive weight per tie run
+    neg = np.add.reduceat(wo * (1.0 - yo), tie_starts, axis=1)  # [R, T]
+    cneg = np.cumsum(neg, axis=1) - neg  # [R, T] negative weight before the run (all groups)
+    below = cneg - cneg[:, group_first_tie][:, group_of_tie]  # [R, T] ... within the run's group
+    num = np.add.reduceat(pos * (below + 0.5 * neg), group_first_tie, axis=1)  # [R, G] won pairs
+    p = np.add.reduceat(pos, group_first_tie, axis=1)  # [R, G]
+    q = np.add.reduceat(neg, group_first_tie, axis=1)  # [R, G]
+    den = p * q
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return a, p, q
 
 
-def auc(labels: Any, scores: Any) -> float:
-    """ROC AUC with average ranks for ties."""
+def _out(values: np.ndarray, weights: Any) -> float | np.ndarray:
+    """A float for no/1-d weights, the [R] array for 2-d weights."""
+    if weights is not None and np.ndim(weights) == 2:
+        return values
+    return float(values[0])
+
+
+def auc(labels: Any, scores: Any, weights: Any = None) -> float | np.ndarray:
+    """ROC AUC with average ranks for ties; `weights` [S] -> float, [R, S] -> [R] (see module doc)."""
     y, s = _np(labels, "labels"), _np(scores, "scores")
     _check(y, (s, "scores"))
-    return gauc(np.zeros(len(y), dtype=np.int64), y, s)
+    w = _weights(weights, len(y))
+    if len(y) == 0:
+        return _out(np.full(w.shape[0], np.nan), weights)
+    a, _, _ = _grouped_auc(np.zeros(len(y), dtype=np.int64), y, s, w)
+    return _out(a[:, 0], weights)
 
 
-def gauc(user_ids: Any, labels: Any, scores: Any) -> float:
-    """Impression-weighted mean of per-user AUC over users with both classes."""
+def gauc(user_ids: Any, labels: Any, scores: Any, weights: Any = None) -> float | np.ndarray:
+    """Impression-weighted mean of per-user AUC over users with both classes; with `weights` a
+    user's impressions are its summed sample weight ([S] -> float, [R, S] -> [R])."""
     u = _np(user_ids, "user_ids", np.int64)
     y, s = _np(labels, "labels"), _np(scores, "scores")
     _check(y, (s, "scores"), (u.astype(np.float64), "user_ids"))
+    w = _weights(weights, len(y))
     if len(y) == 0:
-        return float("nan")
-    order, ranks = _average_ranks(u, s)
-    _, grp = np.unique(u[order], return_inverse=True)
-    yo = y[order]
-    n = np.bincount(grp).astype(np.float64)
-    pos = np.bincount(grp, weights=yo)
-    neg = n - pos
-    rank_sum = np.bincount(grp, weights=ranks * yo)
-    ok = (pos > 0) & (neg > 0)
-    if not ok.any():
-        return float("nan")
-    per_user = (rank_sum[ok] - pos[ok] * (pos[ok] + 1) / 2.0) / (pos[ok] * neg[ok])
-    return float(np.sum(per_user * n[ok]) / np.sum(n[ok]))
+        return _out(np.full(w.shape[0], np.nan), weights)
+    a, p, q = _grouped_auc(u, y, s, w)
+    ok = np.isfinite(a)
+    imp = np.where(ok, p + q, 0.0)  # [R, G]
+    total = imp.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = np.where(total > 0, (np.where(ok, a, 0.0) * imp).sum(1) / np.where(total > 0, total, 1.0), np.nan)
+    return _out(res, weights)
 
 
 def logloss(labels: Any, probs: Any, eps: float = 1e-7) -> float:

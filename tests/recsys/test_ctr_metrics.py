@@ -79,3 +79,40 @@ def test_bad_input_is_named() -> None:
         auc([2, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="scores"):
         auc([1, 0], [float("nan"), 0.2])
+
+
+def test_unit_weights_equal_the_unweighted_metrics() -> None:
+    rng = np.random.default_rng(2)
+    u = rng.integers(0, 25, 400)
+    y = rng.integers(0, 2, 400).astype(float)
+    s = rng.integers(0, 6, 400).astype(float)  # heavy ties
+    ones = np.ones(400)
+    assert auc(y, s, ones) == pytest.approx(_pairs_auc(y, s), abs=1e-12)
+    assert auc(y, s, ones) == pytest.approx(auc(y, s), abs=1e-12)
+    assert gauc(u, y, s, ones) == pytest.approx(gauc(u, y, s), abs=1e-12)
+    both = auc(y, s, np.stack([ones, 2.0 * ones]))  # [R, S] -> [R]; a constant scale changes nothing
+    assert both.shape == (2,) and both == pytest.approx([auc(y, s)] * 2, abs=1e-12)
+
+
+def test_integer_weights_equal_repeated_rows() -> None:
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 20, 300)
+    y = rng.integers(0, 2, 300).astype(float)
+    s = rng.integers(0, 5, 300).astype(float)
+    w = rng.integers(0, 4, size=(3, 300)).astype(float)  # zeros drop rows, as in a bootstrap resample
+    w[2, u == u[0]] = 0.0  # a user absent from the resample leaves GAUC's numerator and denominator
+    got_auc, got_gauc = auc(y, s, w), gauc(u, y, s, w)
+    for r in range(3):
+        dup = np.repeat(np.arange(300), w[r].astype(int))
+        assert got_auc[r] == pytest.approx(_pairs_auc(y[dup], s[dup]), abs=1e-12)
+        assert got_gauc[r] == pytest.approx(gauc(u[dup], y[dup], s[dup]), abs=1e-12)
+        assert auc(y, s, w[r]) == pytest.approx(got_auc[r], abs=1e-12)  # 1-d weights -> the same float
+    assert not np.allclose(got_auc, auc(y, s))  # the weights do change the value
+
+
+def test_bad_weights_are_named() -> None:
+    with pytest.raises(ValueError, match="weights"):
+        auc([1, 0], [0.1, 0.2], [1.0])
+    with pytest.raises(ValueError, match="weights"):
+        gauc([1, 1], [1, 0], [0.1, 0.2], [1.0, -1.0])
+    assert math.isnan(auc([1, 0], [0.1, 0.2], [1.0, 0.0]))  # no negative weight left
