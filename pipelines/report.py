@@ -14,8 +14,10 @@ negatives); HR/NDCG/MRR@k all follow from the rank. CTR runs are reduced to one 
 test sample with its user. `next_item_ranks` and `ctr_predictions` compute them from the model
 that `recsys.experiment.load_run` loads (the evaluation code writes only means); the per-user
 numbers are checked to average to the run's own eval.json (`eval_json_value` in metrics.json).
-Bootstrap: percentile intervals over users resampled with replacement (AUC/logloss pool the
-resampled users' samples; GAUC re-weights their per-user AUCs).
+Bootstrap: percentile intervals over users resampled with replacement (each sample weighted by
+its user's multiplicity; AUC/GAUC are `recsys.ctr_metrics.auc`/`gauc` with those weights). The
+resamples are drawn BOOT_CHUNK at a time (memory O(chunk x users)); the draws are the same indices
+in the same order as one `rng.integers(0, n, (n_boot, n))` call, so the CIs do not depend on it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import yaml
@@ -46,6 +48,8 @@ CTR_METRICS = ("auc", "gauc", "logloss")
 #: history-length buckets (number of behaviours before the target), lower edges inclusive
 LENGTH_EDGES = (1, 10, 50, 200, 1000, 5000)
 DEFAULT_BOOTSTRAP = 1000
+#: bootstrap resamples held in memory at once ([chunk, users] multiplicities)
+BOOT_CHUNK = 50
 CONFIDENCE = 0.95
 
 
@@ -108,12 +112,18 @@ def rank_metric_values(ranks: np.ndarray, metric: str, k: int) -> np.ndarray:
     raise ValueError(f"metric: unknown rank metric {metric!r}; known: {RANK_METRICS}")
 
 
-def _multiplicities(num_units: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, num_units] how often each unit (user) is drawn in each bootstrap resample."""
-    idx = rng.integers(0, num_units, size=(n_boot, num_units))
-    out = np.zeros((n_boot, num_units), dtype=np.float64)
-    np.add.at(out, (np.repeat(np.arange(n_boot), num_units), idx.ravel()), 1.0)
-    return out
+def _multiplicity_chunks(num_units: int, n_boot: int, seed: int, chunk: int = BOOT_CHUNK) -> Iterator[np.ndarray]:
+    """[c, num_units] float64 counts of each unit (user) in each of the next c <= chunk resamples.
+    The generator's stream is continuous across calls, so the indices drawn are exactly those of one
+    `default_rng(seed).integers(0, num_units, (n_boot, num_units))` call, whatever `chunk` is."""
+    if chunk < 1:
+        raise ValueError(f"chunk: must be >= 1, got {chunk}")
+    rng = np.random.default_rng(seed)
+    for s in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - s)
+        idx = rng.integers(0, num_units, size=(c, num_units))  # [c, U]
+        flat = (np.arange(c)[:, None] * num_units + idx).ravel()
+        yield np.bincount(flat, minlength=c * num_units).reshape(c, num_units).astype(np.float64)
 
 
 def _percentile_ci(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -129,65 +139,17 @@ def _percentile_ci(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple
     return float(lo), float(hi)
 
 
-def bootstrap_mean_ci(values: np.ndarray, mult: np.ndarray) -> tuple[float, float]:
-    """Percentile CI of the mean of per-user `values` under the user resamples `mult`."""
-    values = np.asarray(values, dtype=np.float64)
-    return _percentile_ci((mult @ values) / mult.sum(1))
+def bootstrap_means(values: np.ndarray, n_boot: int, seed: int, chunk: int = BOOT_CHUNK) -> np.ndarray:
+    """[n_boot, M] resampled means of per-user `values` [U] or [U, M] (users resampled with replacement)."""
+    v = np.asarray(values, dtype=np.float64)
+    v2 = v[:, None] if v.ndim == 1 else v  # [U, M]
+    out = [(m @ v2) / m.sum(1)[:, None] for m in _multiplicity_chunks(len(v2), n_boot, seed, chunk)]
+    return np.concatenate(out) if out else np.empty((0, v2.shape[1]))
 
 
-def _group_starts(sorted_keys: Sequence[np.ndarray]) -> np.ndarray:
-    """Start indices of runs of identical keys in arrays that are already sorted together."""
-    n = len(sorted_keys[0])
-    change = np.zeros(n, dtype=bool)
-    change[0] = n > 0
-    for k in sorted_keys:
-        change[1:] |= k[1:] != k[:-1]
-    return np.flatnonzero(change)
-
-
-def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """ROC AUC with ties counted one half; `weights` [S] or [R, S] (one AUC per row), e.g. the
-    multiplicity of each sample's user in a bootstrap resample. NaN when a class is absent."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
-    w = np.ones((1, len(scores))) if weights is None else np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    order = np.argsort(scores, kind="stable")
-    starts = _group_starts([scores[order]])
-    if starts.size == 0:
-        return np.full(w.shape[0], np.nan) if weights is not None and np.ndim(weights) == 2 else np.float64(np.nan)
-    ws, ys = w[:, order], labels[order]
-    pos = np.add.reduceat(ws * ys, starts, axis=1)  # [R, G] positive weight per tied score group
-    neg = np.add.reduceat(ws * (1.0 - ys), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    num = (pos * (below + 0.5 * neg)).sum(1)
-    den = pos.sum(1) * neg.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    return auc if (weights is not None and np.ndim(weights) == 2) else auc[0]
-
-
-def per_user_auc(user_ids: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, auc, impressions) for every user that has both a click and a non-click; AUC by
-    average ranks within the user (ties one half), vectorised over all users at once."""
-    user_ids = np.asarray(user_ids)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
-    order = np.lexsort((scores, user_ids))
-    u, s, y = user_ids[order], scores[order], labels[order]
-    n = len(u)
-    tie_starts = _group_starts([u, s])
-    tie_ends = np.append(tie_starts[1:], n)
-    avg_rank = np.repeat((tie_starts + tie_ends - 1) / 2.0 + 1.0, tie_ends - tie_starts)  # 1-based, global
-    user_starts = _group_starts([u])
-    user_of = np.repeat(np.arange(len(user_starts)), np.diff(np.append(user_starts, n)))
-    local_rank = avg_rank - user_starts[user_of]
-    p = np.bincount(user_of, weights=y)
-    cnt = np.bincount(user_of).astype(np.float64)
-    q = cnt - p
-    rank_sum = np.bincount(user_of, weights=local_rank * y)
-    ok = (p > 0) & (q > 0)
-    auc = (rank_sum[ok] - p[ok] * (p[ok] + 1) / 2.0) / (p[ok] * q[ok])
-    return u[user_starts][ok], auc, cnt[ok]
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int, seed: int, chunk: int = BOOT_CHUNK) -> tuple[float, float]:
+    """Percentile CI of the mean of per-user `values` [U] over `n_boot` user resamples."""
+    return _percentile_ci(bootstrap_means(values, n_boot, seed, chunk)[:, 0])
 
 
 def bce_with_logits(logits: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -236,48 +198,49 @@ def next_item_rows(r: NextItemRanks, dataset: str, n_boot: int, seed: int) -> li
     n = len(r.user_ids)
     if n == 0:
         raise ValueError(f"next-item {r.split}: no evaluated users")
-    mult = _multiplicities(n, n_boot, np.random.default_rng(seed))
-    for pid, ranks in r.ranks.items():
+    keys = [(pid, metric, k) for pid in r.ranks for metric in RANK_METRICS for k in KS]
+    if not keys:
+        return rows
+    values = np.stack([rank_metric_values(r.ranks[pid], metric, k) for pid, metric, k in keys], axis=1)  # [U, M]
+    boot = bootstrap_means(values, n_boot, seed)  # [n_boot, M], one set of user resamples for every metric
+    for j, (pid, metric, k) in enumerate(keys):
         proto = f"{NEXT_ITEM_PROTOCOLS[pid]}; leave-one-out, {r.split}, {dataset}"
-        for metric in RANK_METRICS:
-            for k in KS:
-                v = rank_metric_values(ranks, metric, k)
-                lo, hi = bootstrap_mean_ci(v, mult)
-                rows.append(MetricRow(f"{metric}@{k}", proto, pid, r.split, float(v.mean()), lo, hi, n, n))
+        lo, hi = _percentile_ci(boot[:, j])
+        rows.append(MetricRow(f"{metric}@{k}", proto, pid, r.split, float(values[:, j].mean()), lo, hi, n, n))
     return rows
 
 
-def ctr_metric_values(p: CTRPredictions, mult: np.ndarray | None = None) -> dict[str, Any]:
-    """Point values (mult None) or bootstrap samples [R] of AUC, GAUC, logloss, resampling users."""
+def ctr_metric_values(p: CTRPredictions, n_boot: int | None = None, seed: int = 0,
+                      chunk: int = BOOT_CHUNK) -> dict[str, Any]:
+    """Point values [1] (n_boot None) or bootstrap samples [n_boot] of AUC, GAUC, logloss, resampling
+    users: each sample is weighted by its user's multiplicity in the resample."""
+    from recsys.ctr_metrics import auc, gauc
+
     users, inv = np.unique(p.user_ids, return_inverse=True)
-    if mult is None:
-        uw = np.ones((1, len(users)))
-    else:
-        uw = mult
-    out: dict[str, list[np.ndarray]] = {m: [] for m in CTR_METRICS}
     losses = bce_with_logits(p.logits, p.labels)
     loss_sum = np.bincount(inv, weights=losses, minlength=len(users))
     cnt = np.bincount(inv, minlength=len(users)).astype(np.float64)
-    g_users, g_auc, g_imp = per_user_auc(p.user_ids, p.logits, p.labels)
-    g_idx = np.searchsorted(users, g_users)
-    step = _max_chunk(len(p.labels))
-    for s in range(0, uw.shape[0], step):
-        w = uw[s : s + step]
-        out["auc"].append(np.atleast_1d(weighted_auc(p.logits, p.labels, w[:, inv])))
-        gw = w[:, g_idx] * g_imp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out["gauc"].append((gw @ g_auc) / gw.sum(1))
-            out["logloss"].append((w @ loss_sum) / (w @ cnt))
-    res = {m: np.concatenate(v) for m, v in out.items()}
+    pos = np.bincount(inv, weights=p.labels.astype(np.float64), minlength=len(users))
+    chunks = [np.ones((1, len(users)))] if n_boot is None else _multiplicity_chunks(len(users), n_boot, seed, chunk)
+    out: dict[str, list[np.ndarray]] = {m: [] for m in CTR_METRICS}
+    step = _max_chunk(len(p.labels))  # rows of [rows, S] sample weights at once
+    for mult in chunks:  # [c, U]
+        for s in range(0, mult.shape[0], step):
+            w = mult[s : s + step]
+            sw = w[:, inv]  # [r, S] sample weight = its user's multiplicity
+            out["auc"].append(auc(p.labels, p.logits, sw))
+            out["gauc"].append(gauc(p.user_ids, p.labels, p.logits, sw))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["logloss"].append((w @ loss_sum) / (w @ cnt))
+    res: dict[str, Any] = {m: np.concatenate(v) if v else np.empty(0) for m, v in out.items()}
     res["n_users"] = len(users)
-    res["n_gauc_users"] = len(g_users)
+    res["n_gauc_users"] = int(((pos > 0) & (pos < cnt)).sum())
     return res
 
 
 def ctr_rows(p: CTRPredictions, dataset: str, n_boot: int, seed: int) -> list[MetricRow]:
     point = ctr_metric_values(p)
-    users = np.unique(p.user_ids)
-    boot = ctr_metric_values(p, _multiplicities(len(users), n_boot, np.random.default_rng(seed)))
+    boot = ctr_metric_values(p, n_boot, seed)
     desc = {
         "auc": "AUC over all samples",
         "gauc": "GAUC: per-user AUC weighted by impressions, users with both labels",
@@ -312,14 +275,15 @@ def by_length_rows(data: NextItemRanks | CTRPredictions, n_boot: int, seed: int)
         if isinstance(data, NextItemRanks):
             pid = "full" if "full" in data.ranks else next(iter(data.ranks))
             v = rank_metric_values(data.ranks[pid][sel], "ndcg", 10)
-            mult = _multiplicities(len(v), n_boot, np.random.default_rng(seed))
-            lo, hi = bootstrap_mean_ci(v, mult)
+            lo, hi = bootstrap_mean_ci(v, n_boot, seed)
             metric, value, n_users, n_samples = f"ndcg@10 ({pid})", float(v.mean()), int(sel.sum()), int(sel.sum())
         else:
+            from recsys.ctr_metrics import auc as ctr_auc
+
             sub = CTRPredictions(data.split, data.user_ids[sel], data.history_lengths[sel], data.labels[sel], data.logits[sel])
             n_users = len(np.unique(sub.user_ids))
-            point = weighted_auc(sub.logits, sub.labels)
-            boot = ctr_metric_values(sub, _multiplicities(n_users, n_boot, np.random.default_rng(seed)))["auc"]
+            point = ctr_auc(sub.labels, sub.logits)
+            boot = ctr_metric_values(sub, n_boot, seed)["auc"]
             lo, hi = _percentile_ci(boot)
             metric, value, n_samples = "auc", float(point), int(sel.sum())
         rows.append(_clean_dict({"bucket": bucket_name(int(b)), "bucket_index": int(b), "metric": metric, "value": value,

@@ -191,14 +191,49 @@ def test_metric_math_matches_the_project_metrics() -> None:
     for key, v in ref.items():
         m, k = key.split("@")
         assert rp.rank_metric_values(ranks, m, int(k)).mean() == pytest.approx(v, abs=1e-12)
+    # CTR point values and bootstrap both come from recsys.ctr_metrics (no second implementation)
     users, y, s = rng.integers(0, 30, 500), rng.integers(0, 2, 500), rng.integers(0, 8, 500).astype(float)
-    assert rp.weighted_auc(s, y) == pytest.approx(auc(y, s), abs=1e-12)
-    gu, ga, gi = rp.per_user_auc(users, s, y)
-    assert (gi * ga).sum() / gi.sum() == pytest.approx(gauc(users, y, s), abs=1e-12)
-    # bootstrap weights: a resample with multiplicities == AUC of the explicitly duplicated samples
-    w = rng.integers(0, 3, 500).astype(float)
-    dup = np.repeat(np.arange(500), w.astype(int))
-    assert rp.weighted_auc(s, y, w[None])[0] == pytest.approx(auc(y[dup], s[dup]), abs=1e-12)
+    p = rp.CTRPredictions("test", users, np.zeros(500, dtype=np.int64), y, s)
+    point = rp.ctr_metric_values(p)
+    assert point["auc"][0] == pytest.approx(auc(y, s), abs=1e-12)
+    assert point["gauc"][0] == pytest.approx(gauc(users, y, s), abs=1e-12)
+    # a bootstrap resample == the metrics of its users' samples explicitly duplicated
+    boot = rp.ctr_metric_values(p, n_boot=3, seed=4)
+    idx = np.random.default_rng(4).integers(0, 30, size=(3, 30))  # the same draws as the report's
+    for r in range(3):
+        dup = np.concatenate([np.flatnonzero(users == u) for u in np.unique(users)[idx[r]]])
+        assert boot["auc"][r] == pytest.approx(auc(y[dup], s[dup]), abs=1e-12)
+        assert boot["gauc"][r] == pytest.approx(gauc(users[dup], y[dup], s[dup]), abs=1e-12)
+        assert boot["logloss"][r] == pytest.approx(rp.bce_with_logits(s[dup], y[dup]).mean(), abs=1e-12)
+
+
+def _dense_multiplicities(num_units: int, n_boot: int, seed: int) -> np.ndarray:
+    """The report's former one-shot [n_boot, U] multiplicities (reference for the chunked draw)."""
+    idx = np.random.default_rng(seed).integers(0, num_units, size=(n_boot, num_units))
+    out = np.zeros((n_boot, num_units))
+    np.add.at(out, (np.repeat(np.arange(n_boot), num_units), idx.ravel()), 1.0)
+    return out
+
+
+def test_chunked_bootstrap_equals_the_one_shot_draw() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.random((37, 3))  # [U, M]
+    dense = _dense_multiplicities(37, 23, seed=9)
+    chunks = list(rp._multiplicity_chunks(37, 23, seed=9, chunk=5))
+    assert [c.shape[0] for c in chunks] == [5, 5, 5, 5, 3]
+    assert np.array_equal(np.concatenate(chunks), dense)  # same indices, same order
+    ref = (dense @ values) / dense.sum(1)[:, None]
+    for chunk in (1, 4, 23, 50):
+        np.testing.assert_allclose(rp.bootstrap_means(values, 23, seed=9, chunk=chunk), ref, rtol=0, atol=1e-12)
+    assert rp.bootstrap_mean_ci(values[:, 0], 23, 9, chunk=4) == pytest.approx(rp._percentile_ci(ref[:, 0]), abs=1e-12)
+    assert not np.allclose(rp.bootstrap_means(values, 23, seed=10), ref)  # the seed matters
+    # CTR: chunk size does not change the bootstrap samples
+    users, y = rng.integers(0, 40, 400), rng.integers(0, 2, 400)
+    p = rp.CTRPredictions("test", users, np.zeros(400, dtype=np.int64), y, rng.normal(size=400))
+    a, b = rp.ctr_metric_values(p, 17, seed=3, chunk=4), rp.ctr_metric_values(p, 17, seed=3, chunk=17)
+    for m in rp.CTR_METRICS:
+        assert a[m].shape == (17,)
+        np.testing.assert_allclose(a[m], b[m], rtol=0, atol=1e-12)
 
 
 def test_everything_is_escaped(runs: list[Path]) -> None:
