@@ -92,7 +92,8 @@ def run_score_jobs(jobs: list[ScoreJob]) -> list[tuple[UserState, np.ndarray] | 
             us = job.user if job.user is not None else job.cache.get(job.scorer, job.user_id)
             state = us.state
             if job.recent is not None and len(job.recent):
-                state = job.scorer.append(clone_state(state), job.recent)
+                r = job.recent  # request-only events right after the stored ones (seq us.seq+1..)
+                state = job.scorer.append(clone_state(state), History(r.items, r.categories, r.timestamps, us.seq + len(r)))
             probs = np.full(job.dense.shape, np.nan)
             known = job.dense > 0
             if known.all():

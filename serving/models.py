@@ -29,6 +29,7 @@ from recsys.data import schema
 from serving.store.base import History
 
 State = dict[str, torch.Tensor]
+SEQS_KEY = "serving.event_seqs"  # [K] int64 store seq of each known history item in a state
 
 
 @dataclass(frozen=True)
@@ -147,24 +148,44 @@ class CTRScorer:
         given = self.vocabs["categories"].encode(np.where(raw >= 0, raw, 0))
         return np.where((raw >= 0) & (given > 0), given, from_item)
 
-    def _dense_history(self, h: History) -> tuple[torch.Tensor, torch.Tensor]:
+    def _dense_history(self, h: History) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Known items, their categories and their event seqs (the log holds seq h.seq-len+1..h.seq)."""
         items = self.encode_items(h.items)
         keep = items > 0  # unknown history items are skipped (see module docstring)
         cats = self.encode_categories(h.categories, items)
-        return torch.from_numpy(items[keep]), torch.from_numpy(cats[keep])
+        seqs = np.arange(h.seq - len(h) + 1, h.seq + 1, dtype=np.int64)
+        return torch.from_numpy(items[keep]), torch.from_numpy(cats[keep]), torch.from_numpy(seqs[keep])
 
     # -- serving split ----------------------------------------------------------------------
+    # The state of a user at store seq t reflects the known items among the last `max_history`
+    # stored EVENTS (seq t-max_history+1..t), whatever their mix of known and unknown items. So the
+    # state also carries the event seq of each known item it holds (SEQS_KEY): an append evicts
+    # exactly the known items whose events left that window, as a fresh encode would.
     def encode(self, h: History) -> State:
-        items, cats = self._dense_history(h)
+        items, cats, seqs = self._dense_history(h)
         with torch.inference_mode():
-            return self.model.encode_user(items, cats)
+            state = self.model.encode_user(items, cats)
+        state[SEQS_KEY] = seqs
+        return state
 
-    def append(self, state: State, tail: History) -> State:
-        items, cats = self._dense_history(tail)
-        if items.numel() == 0:
-            return state
+    def append(self, state: State, tail: History, window: int | None = None) -> State:
+        """The state after the events of `tail` (seq tail.seq-len+1..tail.seq, following the
+        state's): known items appended, and known items whose events are no longer among the last
+        `window` (default max_history) events evicted."""
+        if SEQS_KEY not in state:
+            raise ValueError(f"state: no {SEQS_KEY!r} entry (a state from an older server version; re-encode it)")
+        window = self.max_history if window is None else window
+        items, cats, seqs = self._dense_history(tail)
+        all_seqs = torch.cat([state[SEQS_KEY], seqs])
+        kept = all_seqs[all_seqs > tail.seq - window]  # known items still inside the event window
+        if kept.numel() == 0:  # every known item left the window
+            return self.encode(History.empty())
+        if items.numel() == 0 and kept.numel() == state[SEQS_KEY].numel():
+            return state  # nothing known arrived and nothing known left the window
         with torch.inference_mode():
-            return self.model.append_to_state(state, items, cats, self.max_history)
+            out = self.model.append_to_state(state, items, cats, int(kept.numel()))
+        out[SEQS_KEY] = kept
+        return out
 
     def score(self, state: State, cand_dense: np.ndarray, cand_cats_raw: np.ndarray | None = None) -> np.ndarray:
         """Click probabilities of known (dense > 0) candidates; [C] float64."""

@@ -6,6 +6,8 @@ Lookup order for (model, user): in-process LRU -> state blob in the store (share
 when the user's seq moved on (new events, possibly via another replica), only the missing tail
 is applied with `append_to_state`. If more events arrived than the store retains, the state is
 rebuilt from the retained history (which is exactly what a capped history means).
+Both paths define the state the same way: the model's known items among the last `max_history`
+stored events (unknown items inside that window are skipped, and they still take window slots).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from serving.metrics import Metrics
-from serving.models import CTRScorer, State, clone_state, state_from_bytes, state_to_bytes
+from serving.models import SEQS_KEY, CTRScorer, State, clone_state, state_from_bytes, state_to_bytes
 from serving.store.base import StateBlob, UserStore
 
 
@@ -75,8 +77,9 @@ class StateCache:
             cached = None
             with self.metrics.store_op("get_state"):
                 blob = self.store.get_state(user_id, scorer.key)
-            if blob is not None and blob.seq <= seq:
-                cached = UserState(state_from_bytes(blob.data), blob.seq, min(blob.seq, self.store.max_history))
+            state = state_from_bytes(blob.data) if blob is not None and blob.seq <= seq else None
+            if blob is not None and state is not None and SEQS_KEY in state:  # else: older format, re-encode
+                cached = UserState(state, blob.seq, min(blob.seq, self.store.max_history))
                 source = "store"
         us = self._advance(scorer, user_id, cached, seq)
         self.metrics.state_cache.labels(source if cached is not None else "encode").inc()
@@ -92,7 +95,8 @@ class StateCache:
                 tail = self.store.history_since(user_id, cached.seq)
             if tail.seq - cached.seq == len(tail):  # no gap: apply just the new events
                 # clone: a concurrent request may be scoring with the cached state right now
-                state = scorer.append(clone_state(cached.state), tail) if len(tail) else cached.state
+                window = min(scorer.max_history, self.store.max_history)  # the events a fresh encode reads
+                state = scorer.append(clone_state(cached.state), tail, window) if len(tail) else cached.state
                 return UserState(state, tail.seq, min(tail.seq, self.store.max_history))
         with self.metrics.store_op("history"):
             h = self.store.history(user_id, scorer.max_history)

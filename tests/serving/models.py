@@ -32,9 +32,13 @@ SMALL = {
 }
 
 
-def ctr_scorer(name: str = "sdim", seed: int = 0, max_history: int = 10_000, version: str | None = None) -> CTRScorer:
+def ctr_scorer(name: str = "sdim", seed: int = 0, max_history: int = 10_000, version: str | None = None,
+               init_std: float | None = None) -> CTRScorer:
+    """`init_std` above the 0.01 default spreads the untrained model's scores (so a test can tell
+    two histories apart by their scores)."""
     torch.manual_seed(seed)
-    model = build_model(parse_model_config(dict(SMALL[name])), NUM_ITEMS, NUM_CATS).eval()
+    cfg = dict(SMALL[name]) if init_std is None else {**SMALL[name], "init_std": init_std}
+    model = build_model(parse_model_config(cfg), NUM_ITEMS, NUM_CATS).eval()
     info = ModelInfo(name=name, version=version or f"seed{seed}", directory="<in-memory>")
     return CTRScorer(model, vocabs(), info, item_cats(), max_history)
 

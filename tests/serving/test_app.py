@@ -214,3 +214,50 @@ def test_warm_score_path_reads_only_the_event_count(client: TestClient) -> None:
     body = client.post("/v1/score", json={"user_id": 7010, "candidates": cands}).json()
     assert body["history_length"] == 5 and ops("history_since") == before["history_since"] + 1
     np.testing.assert_allclose(body["scores"], forward_probs(client, hist + [extra], cands), rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("name", ["sdim", "dare"])
+def test_cached_state_matches_fresh_encode_with_unknown_items_past_max_history(tmp_path: Path, name: str) -> None:
+    """The window is the last `max_history` stored EVENTS; unknown items inside it are skipped but
+    still take a slot. The incrementally advanced (cached) state must score exactly like a fresh
+    encode of the same stored window, also when unknown events alone push known items out."""
+    window, user = 6, 7020
+    k = M.RAW_ITEMS.tolist()
+    known_raw = set(k)
+    batches = [[k[1], k[2], k[3], 900_001, k[4], k[5]],  # 6 events, 5 known
+               [k[6], 900_002],                          # k1, k2 leave the window (4 known stay, not 6)
+               [900_003, 900_004],                       # no known item arrives; k3, k4 leave
+               [900_005, 900_006, 900_007, 900_008],     # every known item leaves: window all unknown
+               [k[7], k[8], 900_009, k[9]]]
+    cands = M.RAW_ITEMS[[0, 5, 11, 40, 59]].tolist()
+    settings = ServingSettings(store=f"sqlite:{tmp_path / 'state.sqlite3'}", token=TOKEN, max_history=window,
+                               batch=BatchSettings(max_batch=8, max_wait_ms=1.0))
+    with TestClient(create_app(settings, ctr=M.ctr_scorer(name, max_history=window, init_std=0.3))) as c:
+        svc = c.app.state.svc
+        scorer = svc.ctr
+
+        def encodes() -> float:
+            return svc.metrics.registry.get_sample_value("recsys_state_cache_total", {"source": "encode"}) or 0.0
+
+        sent: list[int] = []
+        for n, batch in enumerate(batches):
+            before = encodes()
+            post_events(c, user, batch, start=len(sent))
+            sent += batch
+            cached = c.post("/v1/score", json={"user_id": user, "candidates": cands}).json()
+            if n > 0:  # the state was advanced incrementally, never re-encoded from the history
+                assert encodes() == before
+            stored = svc.store.history(user, window)
+            assert stored.items.tolist() == sent[-window:] and cached["history_length"] == window
+            fresh = scorer.score(scorer.encode(stored), scorer.encode_items(np.array(cands)))  # fresh encode
+            np.testing.assert_allclose(cached["scores"], fresh, rtol=1e-5, atol=1e-6)
+            known = [i for i in sent[-window:] if i in known_raw]
+            np.testing.assert_allclose(cached["scores"], forward_probs(c, known, cands), rtol=1e-5, atol=1e-6)
+        # request-only recent events follow the same window rule
+        recent = [900_010, k[10], 900_011]
+        body = c.post("/v1/score", json={"user_id": user, "candidates": cands,
+                                         "recent_events": [{"item_id": i} for i in recent]}).json()
+        win = (sent + recent)[-window:]
+        np.testing.assert_allclose(body["scores"], forward_probs(c, [i for i in win if i in known_raw], cands),
+                                   rtol=1e-5, atol=1e-6)
