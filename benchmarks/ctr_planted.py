@@ -2,16 +2,28 @@
 
 Data: `recsys data synth` with configs/synth/planted_bench.yaml (histories up to 2,000; see
 docs/SYNTH.md); CTR split of the planted build (train prefix L-2, valid L-1, test L).
-Same budget for every model: Adam (lr, epochs, batch size below), the same batches (same generator
-seed), test metrics at the epoch with the best validation AUC; each seed re-initialises the models
-and reshuffles the batches (the data set is fixed).
+Headroom: the generator records every impression's noise-free click logit, so the Bayes-oracle AUC
+(true latents and tastes known) and a history-estimated oracle (true latents, taste = mean latent
+of the target cluster's behaviours in the history) are written as reference rows.
+
+Same budget for every model: Adam, `--epochs` epochs, batch `--batch-size`, the same length-bucketed
+batches (the batch order depends only on seed and epoch), test metrics at the epoch with the best
+validation AUC. The learning rate of each model is chosen on VALIDATION AUC of the first seed from
+the common grid `--lr-grid` (test metrics of the other grid points are never looked at); SDIM's tau
+(the paper's ablation 1, 2, 3, 5, 10; m = 48, or the next multiple of tau) is chosen the same way at
+SDIM's chosen learning rate. Later seeds re-initialise the models and reshuffle the batches with the
+chosen settings (the data set is fixed).
 Models: DIN (recent 50), TWIN (soft search, top-20, one table), DARE (decoupled tables, top-20),
-SDIM (paper setting 48 hashes / tau 3, short-term 16), full target attention = scaled dot-product
-softmax attention over the whole history with DIN's embeddings and head (`attention: dot,
-max_recent: null`; SDIM's paper reference). `din_mlp_full` (DIN's MLP over all behaviours) is optional.
-Rows: per seed and as mean/std over seeds: test AUC/GAUC/logloss per model; top-20 retrieval NDCG of
-TWIN and DARE against the planted relevant positions (test targets with at least one relevant
-position); SDIM vs full attention: AUC gap, and training-step time at L = 1,024 (batch 256).
+SDIM (m = 48, tau = 3 unless the ablation picks another, short-term 16), and two references for SDIM
+over the WHOLE history with DIN's embeddings and head: `din_mlp_full` = DIN's learnable MLP
+attention unit (the SDIM paper's "DIN (long seq)", the reference of both its AUC and its speed claim)
+and `full_attn` = scaled dot-product softmax target attention (a second, cheaper reference).
+Rows: oracle AUCs; validation AUC per grid point; per seed and mean/std over seeds: test
+AUC/GAUC/logloss; top-20 retrieval NDCG of TWIN and DARE against the planted relevant positions (test
+targets with >= 1 relevant position); per-seed orderings (DIN-50 < TWIN < DARE AUC, DARE > TWIN NDCG);
+SDIM's AUC gap to both references; training-step time at L = 1,024 (batch 256) vs both references.
+Finished runs are cached (`--cache`, JSON keyed by everything that defines the run) so an interrupted
+run resumes; a fresh clone recomputes everything.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted --seeds 0,1,2
 """
@@ -21,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -30,8 +41,11 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.results import row, write_rows
-from recsys.config import load_yaml
-from recsys.data.synth import PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, SynthConfig, generate
+from recsys.config import config_hash, load_yaml
+from recsys.ctr_metrics import ctr_metrics
+from recsys.data import schema
+from recsys.data.sequences import JaggedSequences
+from recsys.data.synth import CLICK_LOGIT, PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, TARGET_KIND, SynthConfig, generate, make_world
 from recsys.models.registry import build_model, parse_model_config
 from recsys.tasks.ctr import CTRTask
 
@@ -44,13 +58,27 @@ MODELS = {
     "full_attn": {"name": "din", "attention": "dot", "max_recent": None},
     "din_mlp_full": {"name": "din", "attention": "mlp", "max_recent": None},
 }
-DEFAULT_MODELS = "din_recent50,twin,dare,sdim,full_attn"
+DEFAULT_MODELS = "din_recent50,twin,dare,sdim,full_attn,din_mlp_full"
+# the SDIM paper's reference (DIN's attention unit over the whole history) first, then the dot-product one
+SDIM_REFERENCES = {
+    "din_mlp_full": "DIN (long seq) = DIN's learnable-MLP target attention over the whole history: the SDIM "
+                    "paper's reference for its AUC (0.8854 vs 0.8848, Taobao) and speed (5.0x/11.4x) claims",
+    "full_attn": "scaled dot-product softmax target attention over the whole history (second reference, not the "
+                 "paper's)",
+}
 
 
-def train_and_eval(task: CTRTask, spec: dict, num_cats: int, args: argparse.Namespace, seed: int) -> tuple[torch.nn.Module, dict]:
+def sdim_spec(tau: int) -> dict:
+    """SDIM with `tau` bits per signature and m = 48 hashes (the next multiple of tau when 48 is not one)."""
+    return {"name": "sdim", "tau": tau, "num_hashes": -(-48 // tau) * tau}
+
+
+def train_and_eval(task: CTRTask, spec: dict, num_cats: int, args: argparse.Namespace, seed: int,
+                   lr: float | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train `spec` for args.epochs (Adam, lr or args.lr), keep the best-validation-AUC epoch, test it."""
     torch.manual_seed(seed)
     model = build_model(parse_model_config(spec), task.num_items, num_cats)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr if lr is None else lr)
     best, best_state, curve = -1.0, None, []
     t0 = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -97,6 +125,33 @@ def retrieval_ndcg(task: CTRTask, model: torch.nn.Module, build: Path, k: int = 
     return total / max(n, 1), n
 
 
+def oracle_metrics(build: Path, cfg: SynthConfig, split: str = "test") -> dict[str, dict[str, float]]:
+    """Headroom of the data: metrics of (a) the noise-free click logit the generator drew the label
+    from (Bayes oracle: true item latents, user tastes and biases) and (b) the same logit with the
+    taste replaced by the mean true latent of the target cluster's behaviours in the prefix (what a
+    model that retrieves the relevant behaviours perfectly and knows the item latents can estimate)."""
+    truth = pq.read_table(build / PLANTED_TRUTH_FILE)
+    samples = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    sel = np.flatnonzero(samples[schema.SPLIT].to_numpy(zero_copy_only=False).astype(str) == split)
+    users = samples[schema.USER].to_numpy()[sel]
+    labels = samples[schema.LABEL].to_numpy()[sel].astype(np.float64)
+    targets = samples[schema.ITEM].to_numpy()[sel]
+    kinds = truth[TARGET_KIND].to_numpy(zero_copy_only=False).astype(str)[sel]
+    rel_all = truth[RELEVANT_POSITIONS].to_pylist()
+    world = make_world(cfg)
+    seqs = JaggedSequences.read(build)
+    lut = seqs.row_of_user()
+    est = np.zeros(len(sel))
+    for j, i in enumerate(sel):
+        rel = np.asarray(rel_all[i], dtype=np.int64)
+        if len(rel):
+            est[j] = world.latent[targets[j]] @ world.latent[seqs.user_items(lut[users[j]])[rel]].mean(0)
+    weight = np.select([kinds == "long_term", kinds == "drift"], [cfg.long_term_weight, cfg.drift_weight], 0.0)
+    scores = {"bayes": truth[CLICK_LOGIT].to_numpy()[sel],
+              "history": cfg.label_bias + world.bias[targets] + weight * est}
+    return {k: {m: float(v) for m, v in ctr_metrics(users, labels, s).items()} for k, s in scores.items()}
+
+
 def step_time(spec: dict, num_items: int, num_cats: int, length: int, batch: int, steps: int) -> float:
     """Median seconds of one training step (forward, backward, Adam) at history length `length`."""
     torch.manual_seed(0)
@@ -125,14 +180,35 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+class RunCache:
+    """Finished runs (test metrics, validation curve, retrieval NDCG) in a JSON file, keyed by the
+    model spec, seed, lr, budget and data config hash, so an interrupted benchmark resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        self.data[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--synth", type=Path, default=ROOT / "configs/synth/planted_bench.yaml")
     p.add_argument("--build", type=Path, default=ROOT / "runs/planted_bench/build")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--cache", type=Path, default=ROOT / "runs/planted_bench/runs_cache.json")
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--lr-grid", default="0.001,0.003,0.01", help="lr chosen per model on seed 0 validation AUC")
+    p.add_argument("--sdim-taus", default="1,2,3,5,10", help="SDIM tau ablation on seed 0 validation AUC ('' = 3)")
+    p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--models", default=DEFAULT_MODELS)
     p.add_argument("--speed-steps", type=int, default=5)
     p.add_argument("--out", default="ctr_planted")
@@ -141,70 +217,143 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_yaml(args.synth, SynthConfig)
     manifest_path = args.build / "manifest.json"
-    if not manifest_path.is_file() or json.loads(manifest_path.read_text())["config"] != cfg.model_dump():
+    if not manifest_path.is_file() or json.loads(manifest_path.read_text())["config"] != cfg.model_dump(mode="json"):
         generate(cfg, args.build)  # (re)generate when absent or built from another config
     manifest = json.loads(manifest_path.read_text())
     task = CTRTask(args.build, max_history=2000, eval_batch_size=256, bucket_batches=8)
     num_cats = cfg.num_categories
-    ls = manifest["length_stats"]
-    ns = manifest["counts"]["samples"]
+    ls, ns = manifest["length_stats"], manifest["counts"]["samples"]
     data = (f"planted synth ({args.synth.relative_to(ROOT) if args.synth.is_relative_to(ROOT) else args.synth}: "
             f"{cfg.num_users} users, {cfg.num_items} items, lengths median {ls['median']:.0f} max {ls['max']}, "
             f"{ns['train']}/{ns['valid']}/{ns['test']} train/valid/test samples, data seed {cfg.seed})")
     seeds = [int(x) for x in args.seeds.split(",")]
-    command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} "
-               f"--batch-size {args.batch_size} --lr {args.lr} --seeds {args.seeds} --models {args.models} "
-               f"--out {args.out}")
-    budget = (f"same budget for all models: Adam lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}, "
-              f"test at the best-valid-AUC epoch, 1 CPU thread")
+    grid = [float(x) for x in args.lr_grid.split(",")]
+    taus = [int(x) for x in args.sdim_taus.split(",")] if args.sdim_taus else [3]
     names = args.models.split(",")
-    per_seed: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} "
+               f"--batch-size {args.batch_size} --lr-grid {args.lr_grid} --sdim-taus '{args.sdim_taus}' "
+               f"--seeds {args.seeds} --models {args.models} --out {args.out}")
+    budget = (f"same budget for all models: Adam, {args.epochs} epochs, batch {args.batch_size}, length-bucketed batches "
+              f"(same for all models), lr per model from {grid} on seed {seeds[0]} validation AUC, test at the "
+              f"best-valid-AUC epoch, 1 CPU thread")
+    cache = RunCache(args.cache)
+    data_key = config_hash(cfg)
     rows: list[dict] = []
-    for seed in seeds:
-        results, models = {}, {}
-        for name in names:
-            model, res = train_and_eval(task, MODELS[name], num_cats, args, seed)
-            results[name], models[name] = res, model
-            logging.info("seed %d %s: %s", seed, name, json.dumps(res))
-            for metric in ("auc", "gauc", "logloss"):
-                per_seed[name].setdefault(metric, []).append(res[metric])
-                rows.append(row(name="ctr_planted", model=name, dataset=data, metric=f"test/{metric}", value=res[metric],
-                                protocol=f"planted CTR split (test prefix = full history, histories <= 2000), {budget}; "
-                                         f"valid AUC per epoch {res['valid_curve']}; train {res['train_seconds']:.0f} s",
-                                seed=seed, command=command))
-            if name in ("twin", "dare"):
-                ndcg, n = retrieval_ndcg(task, model, args.build)
-                per_seed[name].setdefault("retrieval_ndcg@20", []).append(ndcg)
-                rows.append(row(name="ctr_planted", model=name, dataset=data, metric="retrieval_ndcg@20", value=ndcg,
-                                protocol=f"top-20 search vs planted relevant positions, {n} test targets with any; {budget}",
-                                seed=seed, command=command))
-            write_rows(args.out, rows)
-        if "sdim" in results and "full_attn" in results:
-            gap = results["full_attn"]["auc"] - results["sdim"]["auc"]
-            per_seed["sdim"].setdefault("gap", []).append(gap)
-            rows.append(row(name="ctr_planted", model="sdim", dataset=data, metric="test_auc_gap_vs_full_attention",
-                            value=gap, reference=results["full_attn"]["auc"], seed=seed, command=command,
-                            protocol=f"AUC(full dot-product target attention over the whole history) - AUC(SDIM); "
-                                     f"bar: <= 0.003; {budget}"))
-        write_rows(args.out, rows)
-    for name in names:
-        for metric, values in per_seed[name].items():
-            m, sd = mean_std(values)
-            label = {"gap": "test_auc_gap_vs_full_attention"}.get(metric, metric if "ndcg" in metric else f"test/{metric}")
-            rows.append(row(name="ctr_planted", model=name, dataset=data, metric=f"{label} mean", value=m,
-                            protocol=f"mean over seeds {args.seeds} (std {sd:.4f}, values "
-                                     f"{[round(v, 4) for v in values]}); {budget}", seed=None, command=command))
-    if "sdim" in names and "full_attn" in names:
-        t_sdim = step_time(MODELS["sdim"], task.num_items, num_cats, 1024, 256, args.speed_steps)
-        t_full = step_time(MODELS["full_attn"], task.num_items, num_cats, 1024, 256, args.speed_steps)
-        rows.append(row(name="ctr_planted", model="sdim", dataset=f"random ids over the {task.num_items} planted items, L=1024",
-                        metric="train_step_seconds", value=t_sdim, reference=t_full, ratio=t_full / t_sdim, seed=0,
-                        command=command,
-                        protocol=f"one training step (fwd+bwd+Adam), batch 256, L=1024, median of {args.speed_steps}; "
-                                 "reference = full dot-product target attention over all L; ratio = speed-up (bar: >= 3x)"))
+
+    oracle = oracle_metrics(args.build, cfg)
+    for kind, text in (("bayes", "Bayes oracle: the generator's noise-free click logit (true latents, tastes, biases)"),
+                       ("history", "history oracle: true item latents, taste = mean latent of the target cluster's "
+                                   "behaviours in the test prefix (perfect retrieval + known latents)")):
+        for metric in ("auc", "gauc", "logloss"):
+            rows.append(row(name="ctr_planted", model=f"oracle ({kind})", dataset=data, metric=f"test/{metric}",
+                            value=oracle[kind][metric], seed=None, command=command,
+                            protocol=f"{text}; planted CTR test split; the headroom any model has"))
     write_rows(args.out, rows)
+    logging.info("oracle: %s", json.dumps(oracle))
+
+    def run(name: str, spec: dict, seed: int, lr: float) -> dict:
+        key = json.dumps([spec, seed, lr, args.epochs, args.batch_size, data_key], sort_keys=True)
+        res = cache.get(key)
+        if res is None:
+            model, res = train_and_eval(task, spec, num_cats, args, seed, lr)
+            if spec["name"] in ("twin", "dare"):
+                res["retrieval_ndcg@20"], res["retrieval_targets"] = retrieval_ndcg(task, model, args.build)
+            cache.put(key, res)
+            logging.info("%s seed %d lr %g: %s", name, seed, lr, json.dumps(res))
+        return res
+
+    # 1. learning rate per model on the first seed's validation AUC (test of non-chosen points unused)
+    chosen_lr: dict[str, float] = {}
+    specs = {n: (sdim_spec(3) if n == "sdim" else MODELS[n]) for n in names}
+    valid_grid = {n: {} for n in names}
+    for lr in grid:  # lr-major: a complete table per grid point lands first
+        for n in names:
+            valid_grid[n][lr] = run(n, specs[n], seeds[0], lr)["valid_auc"]
+    for n in names:
+        chosen_lr[n] = max(grid, key=lambda lr: valid_grid[n][lr])
+        rows.append(row(name="ctr_planted", model=n, dataset=data, metric="lr_grid/best_valid_auc",
+                        value=valid_grid[n][chosen_lr[n]], seed=seeds[0], command=command,
+                        protocol=f"validation AUC (best epoch) per lr {json.dumps({str(k): round(v, 4) for k, v in valid_grid[n].items()})}; "
+                                 f"chosen lr {chosen_lr[n]}; {budget}"))
+    # 2. SDIM tau ablation (paper: 1, 2, 3, 5, 10) at SDIM's chosen lr, on validation AUC
+    if "sdim" in names:
+        valid_tau = {t: run("sdim", sdim_spec(t), seeds[0], chosen_lr["sdim"])["valid_auc"] for t in taus}
+        best_tau = max(taus, key=lambda t: valid_tau[t])
+        specs["sdim"] = sdim_spec(best_tau)
+        rows.append(row(name="ctr_planted", model="sdim", dataset=data, metric="tau_ablation/best_valid_auc",
+                        value=valid_tau[best_tau], seed=seeds[0], command=command,
+                        protocol=f"validation AUC (best epoch) per tau {json.dumps({str(k): round(v, 4) for k, v in valid_tau.items()})} "
+                                 f"(m = 48 or the next multiple of tau), lr {chosen_lr['sdim']}; chosen tau {best_tau}; "
+                                 f"{budget}"))
+    write_rows(args.out, rows)
+
+    # 3. every seed with the chosen settings
+    per_seed: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    derived: dict[str, list[float]] = {}
+    for seed in seeds:
+        results = {}
+        for n in names:
+            res = results[n] = run(n, specs[n], seed, chosen_lr[n])
+            setting = f"lr {chosen_lr[n]}" + (f", tau {specs[n]['tau']}, m {specs[n]['num_hashes']}" if n == "sdim" else "")
+            for metric in ("auc", "gauc", "logloss"):
+                per_seed[n].setdefault(f"test/{metric}", []).append(res[metric])
+                rows.append(row(name="ctr_planted", model=n, dataset=data, metric=f"test/{metric}", value=res[metric],
+                                protocol=f"planted CTR split (test prefix = full history, histories <= 2000), {setting}; "
+                                         f"{budget}; valid AUC per epoch {res['valid_curve']}; train "
+                                         f"{res['train_seconds']:.0f} s", seed=seed, command=command))
+            if "retrieval_ndcg@20" in res:
+                per_seed[n].setdefault("retrieval_ndcg@20", []).append(res["retrieval_ndcg@20"])
+                rows.append(row(name="ctr_planted", model=n, dataset=data, metric="retrieval_ndcg@20",
+                                value=res["retrieval_ndcg@20"], seed=seed, command=command,
+                                protocol=f"top-20 search vs planted relevant positions, {res['retrieval_targets']} "
+                                         f"test targets with any; {setting}; {budget}"))
+        auc = {n: r["auc"] for n, r in results.items()}
+        checks = []
+        if {"din_recent50", "twin", "dare"} <= set(auc):
+            checks.append(("ordering: test AUC din_recent50 < twin < dare",
+                           float(auc["din_recent50"] < auc["twin"] < auc["dare"]),
+                           f"AUC din_recent50 {auc['din_recent50']:.4f}, twin {auc['twin']:.4f}, dare {auc['dare']:.4f}"))
+            nd = {n: results[n]["retrieval_ndcg@20"] for n in ("twin", "dare")}
+            checks.append(("ordering: retrieval NDCG@20 dare > twin", float(nd["dare"] > nd["twin"]),
+                           f"NDCG@20 twin {nd['twin']:.4f}, dare {nd['dare']:.4f}"))
+        for label, value, text in checks:
+            derived.setdefault(label, []).append(value)
+            rows.append(row(name="ctr_planted", model="din_recent50/twin/dare", dataset=data, metric=label, value=value,
+                            seed=seed, command=command, protocol=f"1 = holds in this seed; {text}; {budget}"))
+        for ref, why in SDIM_REFERENCES.items():
+            if "sdim" in auc and ref in auc:
+                gap = auc[ref] - auc["sdim"]
+                derived.setdefault(f"test_auc_gap_vs_{ref}", []).append(gap)
+                rows.append(row(name="ctr_planted", model="sdim", dataset=data, metric=f"test_auc_gap_vs_{ref}",
+                                value=gap, reference=auc[ref], seed=seed, command=command,
+                                protocol=f"AUC({ref}) - AUC(SDIM); reference = {why}; bar: gap <= 0.003; {budget}"))
+        write_rows(args.out, rows)
+    for n in names:
+        for metric, values in per_seed[n].items():
+            m, sd = mean_std(values)
+            rows.append(row(name="ctr_planted", model=n, dataset=data, metric=f"{metric} mean", value=m, reference=sd,
+                            protocol=f"mean over seeds {args.seeds} (reference = std; values "
+                                     f"{[round(v, 4) for v in values]}); {budget}", seed=args.seeds, command=command))
+    for label, values in derived.items():
+        m, sd = mean_std(values)
+        rows.append(row(name="ctr_planted", model="sdim" if "gap" in label else "din_recent50/twin/dare", dataset=data,
+                        metric=f"{label} mean", value=m, reference=sd, seed=args.seeds, command=command,
+                        protocol=f"mean over seeds {args.seeds} (reference = std; values {[round(v, 4) for v in values]})"
+                                 f"{'; bar: gap <= 0.003' if 'gap' in label else '; 1.0 = holds in every seed'}; {budget}"))
+    write_rows(args.out, rows)
+    if "sdim" in names:
+        t_sdim = step_time(specs["sdim"], task.num_items, num_cats, 1024, 256, args.speed_steps)
+        for ref, why in SDIM_REFERENCES.items():
+            t_ref = step_time(MODELS[ref], task.num_items, num_cats, 1024, 256, args.speed_steps)
+            rows.append(row(name="ctr_planted", model="sdim", dataset=f"random ids over the {task.num_items} planted items, L=1024",
+                            metric=f"train_step_seconds_vs_{ref}", value=t_sdim, reference=t_ref, ratio=t_ref / t_sdim,
+                            seed=0, command=command,
+                            protocol=f"one training step (fwd+bwd+Adam), batch 256, L=1024, median of {args.speed_steps}, "
+                                     f"SDIM tau {specs['sdim']['tau']}; reference = {why}; ratio = speed-up (bar: >= 3x)"))
+        write_rows(args.out, rows)
     summary = {n: {k: mean_std(v) for k, v in per_seed[n].items()} for n in names}
-    print(json.dumps(summary, indent=1))
+    summary["derived"] = {k: mean_std(v) for k, v in derived.items()}
+    print(json.dumps({"chosen_lr": chosen_lr, "sdim": specs.get("sdim"), **summary}, indent=1))
 
 
 if __name__ == "__main__":

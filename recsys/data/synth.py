@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 PLANTED_TRUTH_FILE = "planted_truth.parquet"
 RELEVANT_POSITIONS = "relevant_positions"
 TARGET_KIND = "target_kind"
+CLICK_LOGIT = "click_logit"  # the label's noise-free logit: the Bayes-oracle score (docs/SYNTH.md)
 KINDS = ("long_term", "drift", "other")
 SPLIT_OFFSETS = {"train": 2, "valid": 1, "test": 0}  # prefix_length = L - offset
 
@@ -295,7 +296,8 @@ def generate_chunk(world: World, user_ids: np.ndarray, chunk_index: int) -> Chun
     titem = tcluster * m + 1 + rng.integers(0, m, size=ns)
     align = np.einsum("sd,sd->s", world.latent[titem], tastes[srow, col])
     weight = np.select([kind == 0, kind == 1], [cfg.long_term_weight, cfg.drift_weight], 0.0)
-    logit = cfg.label_bias + world.bias[titem] + weight * align + rng.normal(0.0, cfg.label_noise, ns)
+    clean = cfg.label_bias + world.bias[titem] + weight * align  # what an oracle knowing z, t and b can know
+    logit = clean + rng.normal(0.0, cfg.label_noise, ns)
     label = (rng.random(ns) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
 
     # --- planted truth: positions < prefix whose item is in the target's cluster
@@ -339,6 +341,7 @@ def generate_chunk(world: World, user_ids: np.ndarray, chunk_index: int) -> Chun
         schema.ITEM: pa.array(titem),
         RELEVANT_POSITIONS: relevant,
         TARGET_KIND: pa.array(np.array(KINDS, dtype=object)[kind].astype(str)),
+        CLICK_LOGIT: pa.array(clean.astype(np.float64)),
     })
     neg = pa.table({
         schema.USER: pa.array(uid),

@@ -14,7 +14,15 @@ import pytest
 
 from recsys.data import schema
 from recsys.data.sequences import JaggedSequences
-from recsys.data.synth import PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, SynthConfig, configure_cli, generate, make_world
+from recsys.data.synth import (
+    CLICK_LOGIT,
+    PLANTED_TRUTH_FILE,
+    RELEVANT_POSITIONS,
+    SynthConfig,
+    configure_cli,
+    generate,
+    make_world,
+)
 from recsys.data.vocab import load_vocabularies
 
 SMALL = dict(num_users=600, num_categories=40, clusters_per_category=2, items_per_cluster=25, max_length=800,
@@ -138,6 +146,32 @@ def test_labels_need_the_deep_history_and_the_recent_drift(build: Path) -> None:
     assert auc["full"] > auc["recent"] + 0.05, auc
     assert auc["full"] > auc["deep"] + 0.01, auc
     assert auc["recent"] > 0.53, auc
+
+
+def test_click_logit_is_the_noise_free_label_logit(build: Path) -> None:
+    """planted_truth's click_logit: an "other" target's logit is exactly bias + item bias (its label ignores
+    the history); the labels are calibrated to it (Bernoulli(sigmoid(logit + N(0, noise^2)))), and as the
+    Bayes-oracle score it beats every history-based score of the oracle test above."""
+    cfg = SynthConfig(**SMALL, seed=3)
+    world = make_world(cfg)
+    truth = pq.read_table(build / PLANTED_TRUTH_FILE)
+    labels = pq.read_table(build / schema.CTR_SAMPLES_FILE)[schema.LABEL].to_numpy().astype(np.float64)
+    logit = truth[CLICK_LOGIT].to_numpy()
+    kinds = truth["target_kind"].to_numpy(zero_copy_only=False)
+    targets = truth[schema.ITEM].to_numpy()
+    other = kinds == "other"
+    np.testing.assert_allclose(logit[other], cfg.label_bias + world.bias[targets[other]], atol=1e-12)
+    assert np.ptp(logit[~other]) > 2 * cfg.long_term_weight * 0.5  # the taste term moves the others
+    # calibration: expected click rate E[sigmoid(logit + noise)] per logit decile matches the label rate
+    noise = np.random.default_rng(0).normal(0.0, cfg.label_noise, (64, len(logit)))
+    expected = (1.0 / (1.0 + np.exp(-(logit[None] + noise)))).mean(0)
+    bins = np.quantile(logit, np.linspace(0, 1, 11))
+    which = np.clip(np.searchsorted(bins, logit, side="right") - 1, 0, 9)
+    for b in range(10):
+        sel = which == b
+        se = np.sqrt(expected[sel].mean() * (1 - expected[sel].mean()) / sel.sum())
+        assert abs(labels[sel].mean() - expected[sel].mean()) < 4 * se + 1e-3, b
+    assert _auc(labels, logit) > 0.78
 
 
 def test_cli_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
