@@ -1,13 +1,18 @@
 """Long-sequence CTR on real data: Taobao UserBehavior sample (DARE protocol: per-user positive
 targets at fixed positions, 2 popularity negatives each, history = the preceding behaviours) and
 MovieLens latest-small (every rating is a sample, click = rating >= 4). AUC, GAUC, logloss on test,
-mean ± std over seeds, for DIN (recent 50), TWIN, DARE, SDIM and full target attention (scaled
-dot-product softmax attention over the whole kept history, DIN's embeddings and head).
+mean ± std over seeds, for DIN (recent 50), TWIN, DARE, SDIM and two references for SDIM over the
+whole kept history with DIN's embeddings and head: `din_mlp_full` = DIN's learnable-MLP attention
+unit (the SDIM paper's "DIN (long seq)", the reference of its AUC claim) and `full_attn` = scaled
+dot-product softmax target attention (second reference). SDIM's AUC gap to each reference is a row
+(gap of the seed means; bar <= 0.003).
 
 Builds come from the data pipeline (`python -m pipelines.build configs/data/<name>.yaml --engine polars`,
 run here when the build directory is missing). Same budget for every model (Adam, epochs, batch,
 the best-validation-AUC epoch); on this 2-core machine the train split may be subsampled
 (`--max-train`, a fixed random subset, the same for every model and seed) — stated in each row.
+`--keep-existing` reruns only `--models` and keeps the other models' rows of the results file (each
+row carries the command that reproduces it); the gap rows are recomputed from the merged table.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_real
 """
@@ -24,15 +29,35 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ctr_planted import MODELS as PLANTED_MODELS
-from benchmarks.ctr_planted import train_and_eval
-from benchmarks.results import row, write_rows
+from benchmarks.ctr_planted import SDIM_REFERENCES, train_and_eval
+from benchmarks.results import RESULTS_DIR, row, write_rows
 from recsys.experiment import _num_categories
 from recsys.tasks.ctr import CTRTask
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"taobao-sample": "runs/taobao-sample/build", "movielens-small": "runs/movielens-small/build"}
-# the same model settings as the planted benchmark (its MLP-over-all-L DIN is left out here)
-MODELS = {k: v for k, v in PLANTED_MODELS.items() if k != "din_mlp_full"}
+MODELS = dict(PLANTED_MODELS)  # the same model settings as the planted benchmark
+GAP = "test_auc_gap_vs_{}"
+
+
+def gap_rows(rows: list[dict]) -> list[dict]:
+    """SDIM's AUC gap to each reference per dataset, from the mean-AUC rows (gap of seed means)."""
+    mean = {(r["dataset"], r["model"]): r for r in rows if r["metric"] == "test/auc/mean"}
+    out = []
+    for (ds, model), sd in sorted(mean.items()):
+        if model != "sdim":
+            continue
+        for ref, why in SDIM_REFERENCES.items():
+            if (ds, ref) in mean:
+                rr = mean[(ds, ref)]
+                out.append(row(name="ctr_real", model="sdim", dataset=ds, metric=GAP.format(ref),
+                               value=rr["value"] - sd["value"], reference=rr["value"], seed=sd["seed"],
+                               command=f"{sd['command']}  AND  {rr['command']}" if sd["command"] != rr["command"]
+                               else sd["command"],
+                               protocol=f"mean test AUC({ref}) - mean test AUC(SDIM) over seeds {sd['seed']} "
+                                        f"(std {rr['reference']:.4f} / {sd['reference']:.4f}); reference = {why}; "
+                                        f"bar: gap <= 0.003; budgets as in the two models' rows"))
+    return out
 
 
 def ensure_build(name: str) -> Path:
@@ -53,6 +78,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--max-history", type=int, default=200)
     p.add_argument("--max-train", type=int, default=0, help="subsample the train split to this many rows (0: all)")
+    p.add_argument("--keep-existing", action="store_true", help="keep the results file's rows of other models")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -60,8 +86,13 @@ def main() -> None:
     torch.set_num_threads(1)
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_real --datasets {args.datasets} "
                f"--models {args.models} --seeds {args.seeds} --epochs {args.epochs} --batch-size {args.batch_size} "
-               f"--lr {args.lr} --max-history {args.max_history} --max-train {args.max_train}")
+               f"--lr {args.lr} --max-history {args.max_history} --max-train {args.max_train}"
+               + (" --keep-existing" if args.keep_existing else ""))
     rows, summary = [], {}
+    rerun = {(ds, m) for ds in args.datasets.split(",") for m in args.models.split(",")}
+    if args.keep_existing and (RESULTS_DIR / "ctr_real.json").is_file():
+        rows = [r for r in json.loads((RESULTS_DIR / "ctr_real.json").read_text())
+                if (r["dataset"], r["model"]) not in rerun and not r["metric"].startswith(GAP.format(""))]
     for ds in args.datasets.split(","):
         build = ensure_build(ds)
         task = CTRTask(build, max_history=args.max_history, eval_batch_size=512, bucket_batches=8)
@@ -89,6 +120,11 @@ def main() -> None:
                                 protocol=proto + f" (reference = std; values {[round(float(v), 4) for v in vals]}; "
                                          f"valid AUC per epoch {curves})", seed=args.seeds, command=command))
             write_rows("ctr_real", rows)
+    rows = [r for r in rows if not r["metric"].startswith(GAP.format(""))] + gap_rows(rows)
+    write_rows("ctr_real", rows)
+    for r in rows:
+        if r["metric"].startswith(GAP.format("")):
+            summary[f"{r['dataset']}/{r['metric']}"] = round(r["value"], 4)
     print(json.dumps(summary, indent=1))
 
 
