@@ -238,7 +238,7 @@ def create_app(
 
         b = settings.batch
         svc.batcher = MicroBatcher(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_batch,
-                                   flush_when_idle=b.flush_when_idle)
+                                   flush_when_idle=b.flush_when_idle, inline_when_alone=b.inline_when_alone)
         await svc.batcher.start()
         svc.ready = True
         try:

@@ -21,12 +21,15 @@ class BatchSettings(StrictModel):
     requests or the oldest has waited `max_wait_ms`; at most `max_queue` requests wait (then 503).
     With `flush_when_idle` (default) a batch also closes as soon as no other request is queued:
     a lone request pays no batching wait, and batches form from requests that arrive while the
-    previous batch is being scored."""
+    previous batch is being scored. With `inline_when_alone` (default) a batch of one request is
+    scored on the event-loop thread (no thread hand-off: ~0.35 ms less per request at C=512);
+    larger batches still go to the worker thread."""
 
     max_batch: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
     max_queue: int = Field(1024, ge=1)
     flush_when_idle: bool = True
+    inline_when_alone: bool = True
 
 
 class ServingSettings(StrictModel):

@@ -88,3 +88,47 @@ def test_flush_when_idle_adds_no_wait_and_still_batches() -> None:
     assert lone < 0.15  # far below max_wait_ms=200: the lone request did not wait for company
     assert out == [i + 1 for i in range(20)]
     assert sizes[0] == 1 and max(sizes) > 1 and sum(sizes) == 21
+
+
+def test_inline_when_alone_runs_a_lone_request_on_the_loop_and_batches_in_the_thread() -> None:
+    import threading
+
+    seen: list[tuple[int, int]] = []  # (batch size, thread id)
+
+    def fn(items: list[int]) -> list[int | BaseException]:
+        seen.append((len(items), threading.get_ident()))
+        time.sleep(0.01)
+        return [ValueError(f"bad {x}") if x < 0 else x * 10 for x in items]
+
+    async def main() -> tuple[int, list]:
+        b = MicroBatcher(fn, max_batch=8, max_wait_ms=200, flush_when_idle=True, inline_when_alone=True)
+        await b.start()
+        assert await b.submit(1) == 10
+        with pytest.raises(ValueError, match="bad -2"):  # a lone request's error is still its own
+            await b.submit(-2)
+        out = await asyncio.gather(*(b.submit(i) for i in range(6)))  # arrive together: one batch
+        await b.stop()
+        return threading.get_ident(), [out, b.inline_batches]
+
+    loop_thread, (out, inline) = run(main())
+    assert out == [i * 10 for i in range(6)]
+    assert inline == 2
+    assert seen[0] == (1, loop_thread) and seen[1] == (1, loop_thread)  # lone: no thread hand-off
+    assert seen[2][0] == 6 and seen[2][1] != loop_thread  # requests that arrived together: batch thread
+    assert sum(n for n, _ in seen) == 8
+
+
+def test_without_inline_every_batch_runs_in_the_thread() -> None:
+    import threading
+
+    threads: list[int] = []
+
+    async def main() -> int:
+        b = MicroBatcher(lambda xs: (threads.append(threading.get_ident()), xs)[1], flush_when_idle=True)
+        await b.start()
+        assert await b.submit(5) == 5
+        await b.stop()
+        return threading.get_ident()
+
+    loop_thread = run(main())
+    assert len(threads) == 1 and threads[0] != loop_thread
