@@ -62,8 +62,14 @@ class TrainConfig(StrictModel):
     #: evaluate on validation every this many epochs (and always after the last one)
     eval_every: int = Field(1, ge=1)
     seed: int = 0
-    #: time budget for training (minutes of wall time, checked after every step); None = no budget
+    #: time budget for training (minutes on `budget_clock`, checked after every step; validation
+    #: runs inside the loop are counted too); None = no budget
     max_minutes: float | None = Field(None, gt=0)
+    #: the clock of `max_minutes`: "wall" (time.perf_counter) or "process" = this process's CPU
+    #: time (time.process_time, all its threads, user + system): with one torch thread that is the
+    #: uncontended wall time, so the budget does not shrink when other jobs share the cores or the
+    #: process is paused (SIGSTOP). Used for fair equal-budget comparisons on shared machines.
+    budget_clock: Literal["wall", "process"] = "wall"
     #: update the progress bar (loss, samples/s) every this many steps
     log_every: int = Field(20, ge=1)
     #: batch samples of similar length together (passed to the task's train_batches, which must
@@ -78,10 +84,13 @@ class FitResult:
     epochs_run: int
     #: "completed" | "early_stopped" | "time_budget"
     stop_reason: str
+    #: training time on `budget_clock` (validation included), summed over resumed segments
     seconds: float
     #: one dict per epoch (the lines of metrics.jsonl)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_weights: Path | None = None
+    #: the clock of `seconds` and of the budget: "wall" | "process" (TrainConfig.budget_clock)
+    budget_clock: str = "wall"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,6 +207,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 # helpers
 
 
+def budget_timer(clock: str) -> Callable[[], float]:
+    """The seconds counter of a budget clock (TrainConfig.budget_clock)."""
+    if clock == "wall":
+        return time.perf_counter
+    if clock == "process":
+        return time.process_time
+    raise ValueError(f"train.budget_clock must be 'wall' or 'process', got {clock!r}")
+
+
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -300,7 +318,8 @@ def fit(
         history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
 
     writer = _tensorboard_writer(run_dir) if is_main else None
-    start = time.perf_counter()
+    clock = budget_timer(cfg.budget_clock)  # budget and state["train_seconds"] run on this clock
+    start = clock()
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     stop_reason = "completed"
     if state.get("stopped"):
@@ -353,7 +372,7 @@ def fit(
                 if writer is not None:
                     writer.add_scalar("train/loss", loss.item(), state["global_step"])
                 window_samples, window_start = 0, now
-            elapsed = state["train_seconds"] + time.perf_counter() - start
+            elapsed = state["train_seconds"] + clock() - start
             over = elapsed > budget_s
             if distributed:
                 over = bool(_broadcast_floats([float(over)], device)[0])
@@ -371,6 +390,8 @@ def fit(
             "train/seconds": epoch_seconds,
             "train/samples_per_s": n_samples / max(epoch_seconds, 1e-9),
             "partial_epoch": out_of_time,
+            "train/budget_clock": cfg.budget_clock,
+            "train/budget_seconds": state["train_seconds"] + clock() - start,  # used so far, this clock
         }
         last = epoch == cfg.epochs
         if epoch % cfg.eval_every == 0 or last or out_of_time:
@@ -410,8 +431,8 @@ def fit(
             log.info("time budget of %.1f min reached in epoch %d", cfg.max_minutes, epoch)
             break
         state["epoch"] = epoch
-        state["train_seconds"] += time.perf_counter() - start
-        start = time.perf_counter()
+        state["train_seconds"] += clock() - start
+        start = clock()
         if is_main:
             save_checkpoint(ckpt_path, model, opt, generator, state)
         if on_epoch_end is not None:
@@ -427,7 +448,7 @@ def fit(
         from safetensors.torch import load_file
 
         _unwrap(model).load_state_dict(load_file(str(best_path), device=str(device)))
-    total = state["train_seconds"] + (time.perf_counter() - start)
+    total = state["train_seconds"] + (clock() - start)
     return FitResult(
         best_metric=state["best_metric"],
         best_epoch=state["best_epoch"],
@@ -436,4 +457,5 @@ def fit(
         seconds=total,
         history=history,
         best_weights=best_path if best_path.exists() else None,
+        budget_clock=cfg.budget_clock,
     )

@@ -10,7 +10,8 @@ logit-level mixing α·h^S Ē^T + (1-α)·h^L Ē^T.
 TED (recsys/models/transitions.py): KD from the training transition graph into the input item
 table: student q_i = softmax((√d·Dropout(E[i]))·E^T/τ) over items 1..N, teacher p_i from the
 graph, loss = mean over every non-pad item occurrence of the batch's `seq` (duplicates kept) of
--Σ p log q, weight λ_kd. Call `attach_teacher(graph)` before training.
+-Σ p log q, weight λ_kd. Call `attach_teacher(graph)` before training (it computes the teacher
+rows for τ once; the per-step cost is the [R, N] student softmax, see transitions.py).
 
 l2_reg: as in the official code, added to the loss as l2_reg·Σ_θ ||θ||²/2 over ALL trainable
 parameters (Adam + L2 term, not AdamW's decoupled decay); the trainer should use weight_decay 0.
@@ -34,7 +35,7 @@ from recsys.config import StrictModel
 from recsys.losses import LossConfig, next_item_loss
 from recsys.models.item_embedding import ItemEmbedding
 from recsys.models.sasrec import SequenceEncoderBase
-from recsys.models.transitions import TransitionGraph, ted_kd_loss
+from recsys.models.transitions import TeacherWeights, TransitionGraph, teacher_weights, ted_kd_loss
 
 
 class MQSATEDConfig(StrictModel):
@@ -73,6 +74,7 @@ class MQSATED(SequenceEncoderBase):
         self.short_norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.long_norm = nn.LayerNorm(cfg.dim, eps=cfg.ln_eps)
         self.teacher: TransitionGraph | None = None
+        self.teacher_w: TeacherWeights | None = None  # the teacher's rows for cfg.tau, computed once
         self.reset_parameters()
 
     @classmethod
@@ -92,6 +94,7 @@ class MQSATED(SequenceEncoderBase):
         if graph.num_items != self.num_items:
             raise ValueError(f"transition graph has {graph.num_items} items, model {self.num_items}")
         self.teacher = graph
+        self.teacher_w = teacher_weights(graph, self.cfg.tau)
 
     def branches(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """seq [B,n] -> (h^S [B,n,d], h^L [B,n,d]), padded positions zero."""
@@ -115,14 +118,17 @@ class MQSATED(SequenceEncoderBase):
 
     def kd_loss(self, seq: torch.Tensor) -> torch.Tensor:
         """TED loss over the non-pad item occurrences of seq [B,n]."""
-        if self.teacher is None:
+        if self.teacher is None or self.teacher_w is None:
             raise RuntimeError("MQSA-TED needs attach_teacher(TransitionGraph) before training with lambda_kd > 0")
+        if self.teacher_w.tau != self.cfg.tau:  # cfg.tau changed after attach_teacher
+            self.teacher_w = teacher_weights(self.teacher, self.cfg.tau)
         items = seq[seq != 0]  # [R]
         table = self.item_embeddings()[1:]  # [N,d] no padding row
         student = math.sqrt(self.dim) * self.kd_drop(table[items - 1])  # [R,d]
-        if self.teacher.indptr.device != seq.device:
-            self.teacher = self.teacher.to(seq.device)
-        return ted_kd_loss(self.teacher, items, student, table, self.cfg.tau)
+        if self.teacher_w.w.device != seq.device:
+            self.teacher_w = self.teacher_w.to(seq.device)
+            self.teacher = self.teacher_w.graph
+        return ted_kd_loss(self.teacher, items, student, table, self.cfg.tau, weights=self.teacher_w)
 
     def training_loss(self, batch: dict[str, torch.Tensor], loss_cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
         seq = batch["seq"]

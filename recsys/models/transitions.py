@@ -11,6 +11,14 @@ Because z is 0 except on the support S_i, the KD cross-entropy has a closed form
 the support:  -Σ_j p_j log q_j = logsumexp(s) - Σ_j p_j s_j  and
 Σ_j p_j s_j = [Σ_{j∈S} (e^{z_j} - 1) s_j + Σ_all s_j] / Z,  Z = Σ_{j∈S} e^{z_j} + (N - |S|),
 computed with a shift by max z for stability. Σ_all s_j = u·(Σ_j E_j)/τ costs one dot product.
+
+Speed (the KD loss is MQSA-TED's most expensive part, on the [R, N] student logits): p_i depends
+only on item i, so the support weights w = (e^z - 1)/Z and the off-support probability 1/Z are
+computed ONCE per (graph, τ) (`teacher_weights`); per step Σ_j p_j s_j = (u/τ)·t_i with the
+teacher-expected item embedding t_i = Σ_j p_ij E_j = base_i·Σ_j E_j + Σ_{j∈S_i} w_ij E_j, formed
+once per DISTINCT item of the batch (a [P, d] gather, no indexing into the [R, N] logits); u is
+divided by τ before the [R, d] x [d, N] product, and logsumexp comes from the fused cross-entropy
+kernel (lse = CE(s, 0) + s_0). Same value as the dense definition (tests/recsys/models/test_transitions.py).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from recsys.data.sequences import JaggedSequences
 
@@ -77,14 +86,20 @@ class TransitionGraph:
     def to(self, device: torch.device | str) -> "TransitionGraph":
         return TransitionGraph(self.num_items, self.indptr.to(device), self.indices.to(device), self.counts.to(device))
 
-    def gather_rows(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """items [R] -> (row [P], col [P], count [P]): the nonzeros of A[items[r], :] as (r, j, A) triples."""
+    def row_positions(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items [R] -> (row [P], flat [P]): positions `flat` in indices/counts of the nonzeros of
+        A[items[r], :], with r = row (vectorised CSR row gather)."""
         items = items.to(self.indptr.device)
         start, stop = self.indptr[items], self.indptr[items + 1]  # [R]
         deg = stop - start
         row = torch.repeat_interleave(torch.arange(items.numel(), device=items.device), deg)  # [P]
         first = torch.cumsum(deg, 0) - deg
         flat = start[row] + torch.arange(row.numel(), device=items.device) - first[row]  # [P]
+        return row, flat
+
+    def gather_rows(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """items [R] -> (row [P], col [P], count [P]): the nonzeros of A[items[r], :] as (r, j, A) triples."""
+        row, flat = self.row_positions(items)
         return row, self.indices[flat], self.counts[flat]
 
     def teacher_logits_sparse(self, items: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,31 +117,64 @@ class TransitionGraph:
         return torch.softmax(logits, dim=1)
 
 
+@dataclass(frozen=True)
+class TeacherWeights:
+    """Teacher rows of every item for one τ: p_i[j] = base[i] + w[k] for j = indices[k] in row i's
+    CSR range (the support), p_i[j] = base[i] elsewhere. Shares the graph's indptr/indices."""
+
+    graph: TransitionGraph
+    tau: float
+    w: torch.Tensor  # [nnz] float64, (e^z - 1)/Z on the support (cast to the student dtype per step)
+    base: torch.Tensor  # [N+1] float64, 1/Z (row 0 and rows without successors: 1/N)
+
+    def to(self, device: torch.device | str) -> "TeacherWeights":
+        return TeacherWeights(self.graph.to(device), self.tau, self.w.to(device), self.base.to(device))
+
+
+def teacher_weights(graph: TransitionGraph, tau: float) -> TeacherWeights:
+    """The closed-form teacher of every row 0..N at once (float64)."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    rows = torch.arange(graph.num_items + 1, device=graph.indptr.device)
+    row, col, z = graph.teacher_logits_sparse(rows, tau)  # row = CSR row of every nonzero, in order
+    z = z.double()
+    deg = (graph.indptr[1:] - graph.indptr[:-1]).double()  # [N+1]
+    m = torch.where(deg > 0, 1.0 / tau, 0.0).double()  # max z of a non-empty row is exactly 1/τ
+    e = torch.exp(z - m[row])  # e^{z-m} on the support
+    Z = torch.zeros(graph.num_items + 1, dtype=torch.float64, device=z.device).index_add_(0, row, e)
+    Z = Z + (graph.num_items - deg) * torch.exp(-m)  # Z·e^{-m}
+    w = (e - torch.exp(-m[row])) / Z[row]
+    base = torch.exp(-m) / Z
+    return TeacherWeights(graph, float(tau), w, base)
+
+
 def ted_kd_loss(graph: TransitionGraph, items: torch.Tensor, student: torch.Tensor,
-                table: torch.Tensor, tau: float) -> torch.Tensor:
+                table: torch.Tensor, tau: float, weights: TeacherWeights | None = None) -> torch.Tensor:
     """Mean over the R rows of -Σ_j p_{items[r]}[j] log q_r[j], q_r = softmax(student[r] · table^T / τ).
 
     items [R] (ids 1..N, one per non-pad occurrence), student [R,d] (√d·Dropout(E[items])),
-    table [N,d] (items 1..N, no padding row). Teacher used only on its sparse support.
+    table [N,d] (items 1..N, no padding row). Teacher used only on its sparse support; pass
+    `weights = teacher_weights(graph, tau)` to reuse it across steps (computed here otherwise).
     """
     n_items = table.shape[0]
     if n_items != graph.num_items:
         raise ValueError(f"item table has {n_items} items but the transition graph {graph.num_items}")
-    s = student @ table.T / tau  # [R,N] student logits
-    lse = torch.logsumexp(s, dim=1)  # [R]
-    s_all = student @ table.sum(0) / tau  # [R] Σ_j s_rj
-    row, col, z = graph.teacher_logits_sparse(items, tau)
-    R = items.numel()
-    has = torch.zeros(R, dtype=torch.bool, device=s.device).index_fill_(0, row.to(s.device), True)
-    m = torch.where(has, torch.full((R,), 1.0 / tau, device=s.device), torch.zeros(R, device=s.device)).double()
-    z = z.to(s.device).double()
-    row = row.to(s.device)
-    e = torch.exp(z - m[row])  # e^{z-m} on the support
-    deg = torch.bincount(row, minlength=R).double()
-    zsum = torch.zeros(R, dtype=torch.float64, device=s.device).index_add_(0, row, e)
-    Z = zsum + (n_items - deg) * torch.exp(-m)  # Z·e^{-m}
-    w = ((e - torch.exp(-m[row])) / Z[row]).to(s.dtype)  # (e^z - 1)/Z on the support
-    base = (torch.exp(-m) / Z).to(s.dtype)  # 1/Z
-    supp = torch.zeros(R, dtype=s.dtype, device=s.device).index_add_(0, row, w * s[row, col.to(s.device) - 1])
-    expected = supp + base * s_all  # Σ_j p_j s_j
+    if weights is None:
+        weights = teacher_weights(graph, tau)
+    elif weights.graph is not graph or weights.tau != tau:
+        raise ValueError(f"weights were computed for another graph or tau ({weights.tau}), not tau={tau}")
+    u = student / tau  # [R,d] (dividing here, not the [R,N] logits)
+    s = u @ table.T  # [R,N] student logits
+    zero = torch.zeros(items.numel(), dtype=torch.long, device=s.device)
+    lse = F.cross_entropy(s, zero, reduction="none") + u @ table[0]  # [R] CE(s, 0) = lse - s_0
+    uniq, inv = torch.unique(items, return_inverse=True)  # [U], [R]
+    row, flat = graph.row_positions(uniq)  # [P]
+    row, flat = row.to(s.device), flat.to(s.device)
+    col = weights.graph.indices.to(s.device)[flat]
+    w = weights.w.to(s.device)[flat].to(s.dtype)
+    base = weights.base.to(s.device)[uniq].to(s.dtype)  # [U]
+    t = torch.zeros(uniq.numel(), table.shape[1], dtype=s.dtype, device=s.device).index_add_(
+        0, row, w[:, None] * table[col - 1])  # [U,d] Σ_S w E_j
+    t = t + base[:, None] * table.sum(0)  # [U,d] teacher-expected embedding Σ_j p_j E_j
+    expected = (u * t[inv]).sum(-1)  # [R] Σ_j p_j s_j
     return (lse - expected).mean()

@@ -4,6 +4,7 @@ dropout MLP, so the dropout RNG matters for exact resume)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -110,6 +111,45 @@ def test_time_budget_stops(tmp_path: Path) -> None:
     res = fit(make_model(), ToyTask(), cfg(epochs=50, max_minutes=1e-6), tmp_path)
     assert res.stop_reason == "time_budget"
     assert res.epochs_run == 0 and len(res.history) == 1 and res.history[0]["partial_epoch"]
+
+
+class SleepyTask(ToyTask):
+    """Every step waits 40 ms without using the CPU (like a process that is paused or waits for a
+    core another job holds): wall time passes, process time does not."""
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        time.sleep(0.04)
+        return super().loss(model, batch)
+
+
+class BusyTask(ToyTask):
+    """Every step burns 40 ms of this process's CPU time."""
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.04:
+            pass
+        return super().loss(model, batch)
+
+
+def test_budget_clock_process_ignores_waiting(tmp_path: Path) -> None:
+    """0.5 s budget, 16 steps of 40 ms per epoch: waiting exhausts it on the wall clock only;
+    burning CPU exhausts it on the process clock."""
+    budget = 0.5 / 60
+    wall = fit(make_model(), SleepyTask(), cfg(epochs=2, max_minutes=budget), tmp_path / "wall")
+    assert wall.stop_reason == "time_budget" and wall.budget_clock == "wall"
+    proc = fit(make_model(), SleepyTask(), cfg(epochs=2, max_minutes=budget, budget_clock="process"), tmp_path / "p")
+    assert proc.stop_reason == "completed" and proc.epochs_run == 2 and proc.budget_clock == "process"
+    assert proc.seconds < 0.5  # CPU seconds, although > 1.2 s of wall time passed
+    lines = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/budget_clock"] for r in lines] == ["process", "process"]
+    busy = fit(make_model(), BusyTask(), cfg(epochs=2, max_minutes=budget, budget_clock="process"), tmp_path / "b")
+    assert busy.stop_reason == "time_budget" and busy.epochs_run == 0 and busy.seconds >= 0.5
+
+
+def test_budget_clock_rejects_unknown() -> None:
+    with pytest.raises(ValueError, match="budget_clock"):
+        TrainConfig(budget_clock="cpu")
 
 
 def test_restore_best_weights(tmp_path: Path) -> None:

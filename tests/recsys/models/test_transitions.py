@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recsys.data.sequences import JaggedSequences
-from recsys.models.transitions import TransitionGraph, ted_kd_loss
+from recsys.models.transitions import TransitionGraph, teacher_weights, ted_kd_loss
 
 
 def _seqs() -> JaggedSequences:
@@ -102,3 +102,70 @@ def test_real_data_pair_count(shared_data) -> None:  # noqa: ANN001
     g = TransitionGraph.from_sequences(seqs, ends, max_len=50, num_items=n_items)
     assert float(g.counts.sum()) == float(np.maximum(np.minimum(ends, 50) - 1, 0).sum())
     assert int(g.indptr[-1]) == g.nnz and bool((g.indptr[1:] >= g.indptr[:-1]).all())
+
+
+def _kd_before_speedup(graph: TransitionGraph, items: torch.Tensor, student: torch.Tensor,
+                       table: torch.Tensor, tau: float) -> torch.Tensor:
+    """ted_kd_loss as it was before the speed-up (logits divided by τ after the product, teacher
+    weights per step, support logits indexed out of the [R, N] matrix): the oracle it must match."""
+    n_items = table.shape[0]
+    s = student @ table.T / tau
+    lse = torch.logsumexp(s, dim=1)
+    s_all = student @ table.sum(0) / tau
+    row, col, z = graph.teacher_logits_sparse(items, tau)
+    R = items.numel()
+    has = torch.zeros(R, dtype=torch.bool).index_fill_(0, row, True)
+    m = torch.where(has, torch.full((R,), 1.0 / tau), torch.zeros(R)).double()
+    e = torch.exp(z.double() - m[row])
+    deg = torch.bincount(row, minlength=R).double()
+    Z = torch.zeros(R, dtype=torch.float64).index_add_(0, row, e) + (n_items - deg) * torch.exp(-m)
+    w = ((e - torch.exp(-m[row])) / Z[row]).to(s.dtype)
+    base = (torch.exp(-m) / Z).to(s.dtype)
+    supp = torch.zeros(R, dtype=s.dtype).index_add_(0, row, w * s[row, col - 1])
+    return (lse - (supp + base * s_all)).mean()
+
+
+def _random_graph(n_items: int, n_users: int, seed: int) -> tuple[TransitionGraph, JaggedSequences]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 30, n_users)
+    items = (rng.zipf(1.3, lengths.sum()) % n_items) + 1  # skewed: popular items have many successors
+    seqs = JaggedSequences(user_ids=np.arange(n_users), offsets=np.concatenate([[0], np.cumsum(lengths)]), items=items)
+    return TransitionGraph.from_sequences(seqs, lengths - 1, max_len=20, num_items=n_items), seqs
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_fast_kd_matches_previous_implementation_fp32(tau: float) -> None:
+    """float32, a few hundred items with skewed degrees and many duplicates: same loss and gradients
+    (table and student) as the implementation before the speed-up, to fp32 tolerance."""
+    g, seqs = _random_graph(300, 200, seed=1)
+    torch.manual_seed(0)
+    items = torch.from_numpy(seqs.items[:600])  # duplicates kept, includes rows without successors
+    assert (g.indptr[items + 1] == g.indptr[items]).any() and items.unique().numel() < items.numel()
+    table = (0.1 * torch.randn(300, 16)).requires_grad_()
+    student = 4.0 * torch.nn.functional.dropout(table[items - 1], 0.5)
+    fast = ted_kd_loss(g, items, student, table, tau, weights=teacher_weights(g, tau))
+    slow = _kd_before_speedup(g, items, student, table, tau)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    ga = torch.autograd.grad(fast, table, retain_graph=True)[0]
+    gb = torch.autograd.grad(slow, table, retain_graph=True)[0]
+    assert (ga - gb).abs().max() <= 1e-4 * gb.abs().max()  # fp32 rounding, summed over 600 rows
+    # in float64 the two agree to rounding of float64
+    t64 = table.detach().double().requires_grad_()
+    s64 = student.detach().double()
+    f64 = ted_kd_loss(g, items, s64, t64, tau)
+    g64 = torch.autograd.grad(f64, t64)[0]
+    t64b = table.detach().double().requires_grad_()
+    g64b = torch.autograd.grad(_kd_before_speedup(g, items, s64, t64b, tau), t64b)[0]
+    assert torch.allclose(g64, g64b, rtol=1e-9, atol=1e-12)
+    # the teacher weights reproduce the dense teacher rows
+    tw = teacher_weights(g, tau)
+    row, flat = g.row_positions(items[:50])
+    dense = torch.zeros(50, 300, dtype=torch.float64) + tw.base[items[:50]][:, None]
+    dense[row, g.indices[flat] - 1] += tw.w[flat]
+    assert torch.allclose(dense, g.teacher_probs(items[:50], tau), atol=1e-12)
+
+
+def test_weights_for_another_tau_rejected() -> None:
+    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, num_items=5)
+    with pytest.raises(ValueError, match="tau"):
+        ted_kd_loss(g, torch.tensor([1]), torch.randn(1, 4), torch.randn(5, 4), 0.1, weights=teacher_weights(g, 0.5))
