@@ -15,6 +15,7 @@ environment, compared with hmac.compare_digest); with no token configured they a
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import time
@@ -203,6 +204,15 @@ class GuardMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
+def freeze_long_lived() -> None:
+    """Collect garbage (also what earlier freezes kept, e.g. a model replaced by /admin/reload),
+    then move every surviving object to the GC's permanent generation: later collections only
+    traverse objects created after this (request garbage), not the model/framework heap."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(
     settings: ServingSettings,
     *,
@@ -240,11 +250,17 @@ def create_app(
         svc.batcher = MicroBatcher(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_batch,
                                    flush_when_idle=b.flush_when_idle, inline_when_alone=b.inline_when_alone)
         await svc.batcher.start()
+        if svc.ctr is not None:
+            await run_in_threadpool(svc.ctr.warm_up)
+        if settings.gc_freeze:
+            gc.freeze()  # no collection first: start-up garbage is small and a collection would stall start-up
         svc.ready = True
         try:
             yield
         finally:
             svc.ready = False
+            if settings.gc_freeze:
+                gc.unfreeze()
             await svc.batcher.stop()
             if svc.owns_store:
                 svc.store.close()
@@ -415,8 +431,11 @@ def create_app(
     async def reload(req: ReloadRequest) -> ReloadResponse:
         async with svc.reload_lock:
             try:
+                new: CTRScorer | Retriever
                 if req.kind == "ctr":
-                    new: CTRScorer | Retriever = await run_in_threadpool(CTRScorer.load, req.model_dir, settings.max_history)
+                    scorer = await run_in_threadpool(CTRScorer.load, req.model_dir, settings.max_history)
+                    await run_in_threadpool(scorer.warm_up)  # a model that cannot score is refused here
+                    new = scorer
                 else:
                     new = await run_in_threadpool(Retriever.load, req.model_dir)
             except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model
@@ -429,11 +448,15 @@ def create_app(
                     svc.cache.clear()
             else:
                 svc.retriever = new  # type: ignore[assignment]
-        return ReloadResponse(
-            kind=req.kind,
-            model=ModelRef(name=new.info.name, version=new.info.version),
-            previous=None if old is None else ModelRef(name=old.info.name, version=old.info.version),
-        )
+            out = ReloadResponse(
+                kind=req.kind,
+                model=ModelRef(name=new.info.name, version=new.info.version),
+                previous=None if old is None else ModelRef(name=old.info.name, version=old.info.version),
+            )
+            del old  # not referenced from here on: the collection below frees it (or it would be frozen)
+            if settings.gc_freeze:  # one full collection (frees the old model), then freeze the new heap
+                freeze_long_lived()
+        return out
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

@@ -125,3 +125,6 @@ class MicroBatcher(Generic[T, R]):
                     fut.set_exception(res)
                 else:
                     fut.set_result(res)
+            # drop this batch's items and results now: kept until the next batch they would pin
+            # whatever they reference (e.g. a model just replaced by a reload) while idle
+            del batch, live, results, res

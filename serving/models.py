@@ -187,6 +187,13 @@ class CTRScorer:
         out[SEQS_KEY] = kept
         return out
 
+    def warm_up(self) -> None:
+        """One encode + score on an empty history: triggers the lazy imports and one-time set-up of
+        the scoring path (torch dispatch, kernels) before serving, so they neither slow the first
+        request nor land outside the start-up gc.freeze()."""
+        if self.num_items > 0:
+            self.score(self.encode(History.empty()), np.ones(1, dtype=np.int64))
+
     def score(self, state: State, cand_dense: np.ndarray, cand_cats_raw: np.ndarray | None = None) -> np.ndarray:
         """Click probabilities of known (dense > 0) candidates; [C] float64."""
         raw_cats = np.full(cand_dense.shape, -1, dtype=np.int64) if cand_cats_raw is None else cand_cats_raw

@@ -3,6 +3,7 @@ loading, bootstrap from sequences.parquet, and atomic reload between SDIM and DA
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,14 @@ def test_serves_run_directories_and_reloads_atomically(tmp_path: Path, model_dir
         assert wrong_task.status_code == 422 and "expected a 'ctr' model" in wrong_task.json()["message"]
         assert c.post("/v1/score", json={"user_id": user, "candidates": cands}).json() == body
 
+        assert gc.get_freeze_count() > 0  # gc_freeze (default): the long-lived heap is frozen after start-up
         r = c.post("/admin/reload", json={"model_dir": str(model_dirs["dare"])}, headers=AUTH)
         assert r.status_code == 200 and r.json()["model"]["name"] == "dare" and r.json()["previous"]["name"] == "sdim"
+        assert gc.get_freeze_count() > 0
         after = c.post("/v1/score", json={"user_id": user, "candidates": cands}).json()
         assert after["model"]["name"] == "dare" and after["scores"] != body["scores"]
         assert c.get("/readyz").json()["detail"]["ctr_model"].startswith("dare-")
+    assert gc.get_freeze_count() == 0  # undone at shutdown
 
 
 def test_item_lookup_table_maps_exactly_like_the_vocabulary() -> None:
