@@ -38,6 +38,11 @@ class SQLiteStore(UserStore):
             raise RuntimeError(f"store: {self.path} could not be put in WAL mode (got {mode})")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # `seq` (the one store read of a warm /v1/score, possibly on the event loop) uses its own
+        # connection and lock: in WAL mode it reads the last committed value without waiting for a
+        # writer that holds `_lock` through its fsync
+        self._rlock = threading.Lock()
+        self._rdb = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
 
     # -- events -----------------------------------------------------------------------------
     def append(self, events: list[Event]) -> AppendResult:
@@ -93,8 +98,9 @@ class SQLiteStore(UserStore):
         return int(row[0]) if row else 0
 
     def seq(self, user_id: int) -> int:
-        with self._lock:
-            return self._seq_locked(user_id)
+        with self._rlock:
+            row = self._rdb.execute("SELECT seq FROM users WHERE user_id=?", (user_id,)).fetchone()
+        return int(row[0]) if row else 0
 
     def history(self, user_id: int, max_len: int | None = None) -> History:
         return self._read(user_id, 0, max_len)
@@ -144,6 +150,8 @@ class SQLiteStore(UserStore):
             return self._db.execute("SELECT 1").fetchone() == (1,)
 
     def close(self) -> None:
+        with self._rlock:
+            self._rdb.close()
         with self._lock:
             self._db.close()
 

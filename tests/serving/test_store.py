@@ -91,3 +91,33 @@ def test_concurrent_appends_lose_nothing(store: UserStore) -> None:
     for th in threads:
         th.join()
     assert store.seq(7) == 80 and len(store.history(7)) == 5
+
+
+def test_sqlite_seq_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """A warm /v1/score may read `seq` on the event loop: it must not queue behind an append that
+    holds the write lock through its fsync (it reads the last committed value instead)."""
+    import time
+
+    s = open_store(f"sqlite:{tmp_path / 'state.sqlite3'}", max_history=5)
+    try:
+        s.append([ev("a", 1, 10), ev("b", 1, 11)])
+        held, release = threading.Event(), threading.Event()
+
+        def writer_in_commit() -> None:
+            with s._lock:  # what append holds while it commits (fsync)
+                held.set()
+                release.wait(5)
+
+        t = threading.Thread(target=writer_in_commit)
+        t.start()
+        held.wait(5)
+        t0 = time.perf_counter()
+        assert s.seq(1) == 2 and s.seq(99) == 0
+        waited = time.perf_counter() - t0
+        release.set()
+        t.join()
+        assert waited < 1.0, f"seq waited {waited:.2f} s for the writer"
+        s.append([ev("c", 1, 12)])
+        assert s.seq(1) == 3  # and sees the next commit
+    finally:
+        s.close()
