@@ -51,7 +51,7 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from serving.settings import ServingSettings
+from serving.settings import ServingSettings, inline_scoring
 from serving.state import StateCache, UserState
 from serving.store.base import NO_CATEGORY, Event, History, UserStore, open_store
 
@@ -247,8 +247,9 @@ def create_app(
             svc.metrics.batch_latency.observe(seconds)
 
         b = settings.batch
+        inline = inline_scoring(settings)
         svc.batcher = MicroBatcher(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_batch,
-                                   flush_when_idle=b.flush_when_idle, inline_when_alone=b.inline_when_alone)
+                                   flush_when_idle=b.flush_when_idle, inline_when_alone=inline)
         await svc.batcher.start()
         if svc.ctr is not None:
             await run_in_threadpool(svc.ctr.warm_up)

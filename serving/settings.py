@@ -21,15 +21,17 @@ class BatchSettings(StrictModel):
     requests or the oldest has waited `max_wait_ms`; at most `max_queue` requests wait (then 503).
     With `flush_when_idle` (default) a batch also closes as soon as no other request is queued:
     a lone request pays no batching wait, and batches form from requests that arrive while the
-    previous batch is being scored. With `inline_when_alone` (default) a batch of one request is
-    scored on the event-loop thread (no thread hand-off: ~0.35 ms less per request at C=512);
-    larger batches still go to the worker thread."""
+    previous batch is being scored. With `inline_when_alone` a batch of one request is scored on
+    the event-loop thread (no thread hand-off: ~0.35 ms less per request at C=512); larger batches
+    still go to the worker thread. `None` (default) = on for the embedded SQLite store, off for a
+    networked store (Redis), whose cached-state check is a network round trip that would block
+    the event loop."""
 
     max_batch: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)
     max_queue: int = Field(1024, ge=1)
     flush_when_idle: bool = True
-    inline_when_alone: bool = True
+    inline_when_alone: bool | None = None
 
 
 class ServingSettings(StrictModel):
@@ -80,3 +82,10 @@ class ServingSettings(StrictModel):
             return self.token
         value = os.environ.get(self.token_env, "")
         return value or None
+
+
+def inline_scoring(settings: ServingSettings) -> bool:
+    """Whether a lone score request runs on the event loop: `batch.inline_when_alone`, or when
+    unset, only with the embedded SQLite store (a Redis round trip must not block the loop)."""
+    explicit = settings.batch.inline_when_alone
+    return explicit if explicit is not None else settings.store.startswith("sqlite:")

@@ -132,3 +132,14 @@ def test_without_inline_every_batch_runs_in_the_thread() -> None:
 
     loop_thread = run(main())
     assert len(threads) == 1 and threads[0] != loop_thread
+
+
+def test_inline_scoring_defaults_to_the_embedded_store_only() -> None:
+    from serving.settings import ServingSettings, inline_scoring
+
+    assert inline_scoring(ServingSettings(store="sqlite:/tmp/x.sqlite3"))
+    assert not inline_scoring(ServingSettings(store="redis://127.0.0.1:6379/0"))
+    forced = ServingSettings.model_validate({"store": "redis://127.0.0.1:6379/0", "batch": {"inline_when_alone": True}})
+    assert inline_scoring(forced)
+    off = ServingSettings.model_validate({"store": "sqlite:/tmp/x.sqlite3", "batch": {"inline_when_alone": False}})
+    assert not inline_scoring(off)
