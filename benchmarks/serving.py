@@ -58,7 +58,7 @@ MODEL_CFGS = {
 }
 
 
-def make_scorer(model: str, max_history: int = 10_000):
+def make_scorer(model: str, max_history: int = 10_000, device: str = "cpu"):
     import torch
 
     from recsys.data.vocab import Vocabulary
@@ -70,7 +70,7 @@ def make_scorer(model: str, max_history: int = 10_000):
     vocabs = {"users": Vocabulary(np.arange(1, 4)), "items": Vocabulary(np.arange(1, NUM_ITEMS + 1)),
               "categories": Vocabulary(np.arange(1, NUM_CATS + 1))}
     cats = np.concatenate([[0], (np.arange(NUM_ITEMS) % NUM_CATS) + 1])
-    return CTRScorer(m, vocabs, ModelInfo(model, "init-seed0", "<benchmark>"), cats, max_history)
+    return CTRScorer(m, vocabs, ModelInfo(model, "init-seed0", "<benchmark>"), cats, max_history, device)
 
 
 def fill_store(db: Path) -> None:
@@ -108,7 +108,7 @@ def worker(args: argparse.Namespace) -> None:
                                batch=BatchSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                                    inline_when_alone=not args.no_inline))
     settings.configure_process()  # as `recsys serve` does: 1 torch thread, 0.5 ms GIL switch interval
-    uvicorn.run(create_app(settings, ctr=make_scorer(args.model)), host="127.0.0.1", port=args.port,
+    uvicorn.run(create_app(settings, ctr=make_scorer(args.model, device=args.device)), host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False)
 
 
@@ -195,7 +195,7 @@ def run_load(client: str, port: int, user: int, cands: list[list[int]], concurre
     return asyncio.run(load(port, user, cands, concurrency, seconds, max_requests))
 
 
-def in_process_ms(model: str, db: Path, user: int, cands: list[list[int]], reps: int = 300) -> float:
+def in_process_ms(model: str, db: Path, user: int, cands: list[list[int]], reps: int = 300, device: str = "cpu") -> float:
     """Median time of the SAME scoring call the /v1/score handler makes, in this process, no HTTP:
     raw ids -> dense ids (`CTRScorer.encode_items`), then `run_score_jobs` on one job (the cached
     state checked against the store's event count, then scored), on the same SQLite store with the
@@ -208,7 +208,7 @@ def in_process_ms(model: str, db: Path, user: int, cands: list[list[int]], reps:
     from serving.store.sqlite import SQLiteStore
 
     torch.set_num_threads(1)  # as the server
-    scorer = make_scorer(model)
+    scorer = make_scorer(model, device=device)
     store = SQLiteStore(db)
     cache = StateCache(store, Metrics())
     try:
@@ -228,13 +228,13 @@ def in_process_ms(model: str, db: Path, user: int, cands: list[list[int]], reps:
 
 
 def start(model: str, db: Path, port: int, max_batch: int, fast_path: bool = True, inline: bool = True,
-          floor: int = 0) -> subprocess.Popen:
+          floor: int = 0, device: str = "cpu") -> subprocess.Popen:
     """A benchmark server process (`floor` > 0: the bare HTTP-floor app with a body of that size)."""
     import httpx
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serving", "--worker", "--model", model, "--db", str(db),
-                             "--port", str(port), "--max-batch", str(max_batch)] + ([] if fast_path else ["--no-fast-path"])
+                             "--port", str(port), "--max-batch", str(max_batch), "--device", device] + ([] if fast_path else ["--no-fast-path"])
                             + ([] if inline else ["--no-inline"]) + ([f"--floor={floor}"] if floor else []), env=env)
     for _ in range(600):
         try:
@@ -244,6 +244,8 @@ def start(model: str, db: Path, port: int, max_batch: int, fast_path: bool = Tru
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"benchmark server exited with code {proc.returncode} before it was ready (see its stderr above)")
             time.sleep(0.1)
     proc.kill()
     raise TimeoutError("benchmark server did not become ready")
@@ -287,6 +289,7 @@ def main() -> None:
     p.add_argument("--model", default="sdim")
     p.add_argument("--models", default="sdim,dare")
     p.add_argument("--db")
+    p.add_argument("--device", default="cpu", help="CTR model + per-user states: cpu or cuda (Triton retrieval kernels)")
     p.add_argument("--port", type=int)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -323,6 +326,9 @@ def run(args: argparse.Namespace) -> None:
     lengths_grid = tuple(int(x) for x in args.lengths.split(","))
     conc_grid = tuple(int(x) for x in args.concurrency.split(","))
     assert set(lengths_grid) <= set(LENGTHS), f"--lengths: subset of {LENGTHS}"
+    from serving.models import resolve_device
+
+    resolve_device(args.device)  # a CUDA request on a machine without one fails here, by name
     if args.targets:
         command = f".venv/bin/python -m benchmarks.serving --targets --seconds {args.seconds:g} --repeats {args.repeats}"
     else:
@@ -332,6 +338,8 @@ def run(args: argparse.Namespace) -> None:
                                       ("repeats", args.repeats), ("out", args.out)))
         command += "".join(f" --{flag}" for flag in ("no-fast-path", "no-inline", "no-batching-rows", "http-floor")
                            if getattr(args, flag.replace("-", "_")))
+    if args.device != "cpu":
+        command += f" --device {args.device}"
     if args.targets and args.out != "serving_targets":
         command += f" --out {args.out}"
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
@@ -348,13 +356,18 @@ def run(args: argparse.Namespace) -> None:
             f" SQLite store, cached per-user state, freshly initialised weights, /v1/score fast path {'off' if args.no_fast_path else 'on'},"
             f" {lone}, {args.repeats} repeats x {args.seconds:g} s interleaved across L, median over repeats")
 
+    from benchmarks.results import cpu_name, device_name
+
+    # the device that scored: the GPU's name only when the model ran on it (the client is always the CPU)
+    serving_device = device_name() if args.device.startswith("cuda") else "CPU: " + cpu_name()
     def add(model: str, protocol: str, metric: str, value: float, reference: float | None = None,
             ratio: float | None = None) -> None:
         if ratio is None and reference not in (None, 0):
             ratio = value / reference
         rows.append(row(name=args.out, model=model, dataset=f"synthetic ids ({NUM_ITEMS} items)", protocol=protocol,
                         metric=metric, value=round(value, 4), reference=None if reference is None else round(reference, 4),
-                        ratio=None if ratio is None else round(ratio, 4), seed=0, command=command))
+                        ratio=None if ratio is None else round(ratio, 4), seed=0, command=command,
+                        device=serving_device))
         print(f"{model:5s} {protocol[len(base) + 2:] if protocol.startswith(base) else protocol[:150]:70s} {metric:14s} {value:9.3f}"
               + ("" if reference is None else f"  ref {reference:.3f}") + ("" if ratio is None else f"  ratio {ratio:.3f}"), flush=True)
 
@@ -373,7 +386,7 @@ def run(args: argparse.Namespace) -> None:
 
     for model in args.models.split(","):
         port = free_port()
-        proc = start(model, db, port, args.max_batch, not args.no_fast_path, not args.no_inline)
+        proc = start(model, db, port, args.max_batch, not args.no_fast_path, not args.no_inline, device=args.device)
         res: dict[tuple[int, int, int], list[dict]] = {}
         inproc: list[float] = []
         try:
@@ -395,7 +408,7 @@ def run(args: argparse.Namespace) -> None:
                             print(f"  repeat {r} C={c} L={length} conc={conc}: p50 {out['p50_ms']:.2f} p99 {out['p99_ms']:.2f} ms,"
                                   f" {out['rps']:.0f} rps, n={out['n']}, load {load1:.1f}", flush=True)
                 if 512 in cands_grid and 10_000 in lengths_grid and 1 in conc_grid:
-                    inproc.append(in_process_ms(model, db, user_of[10_000], cand_sets[512]))
+                    inproc.append(in_process_ms(model, db, user_of[10_000], cand_sets[512], device=args.device))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -442,7 +455,7 @@ def run(args: argparse.Namespace) -> None:
             continue
         both = {}
         for max_batch in (16, 1):
-            proc = start(model, db, port, max_batch, not args.no_fast_path, not args.no_inline)
+            proc = start(model, db, port, max_batch, not args.no_fast_path, not args.no_inline, device=args.device)
             try:
                 both[max_batch] = [run_load(args.client, port, 2, cand_sets[100], 64, args.seconds, args.max_requests)
                                    for _ in range(args.repeats)]

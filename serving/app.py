@@ -232,7 +232,7 @@ def create_app(
             svc.store = open_store(settings.store, settings.max_history)
             svc.owns_store = True
         if svc.ctr is None and settings.ctr_model_dir is not None:
-            svc.ctr = await run_in_threadpool(CTRScorer.load, settings.ctr_model_dir, settings.max_history)
+            svc.ctr = await run_in_threadpool(CTRScorer.load, settings.ctr_model_dir, settings.max_history, settings.device)
         if svc.retriever is None and settings.retrieval_model_dir is not None:
             svc.retriever = await run_in_threadpool(Retriever.load, settings.retrieval_model_dir)
         if settings.bootstrap_build_dir is not None:
@@ -434,7 +434,7 @@ def create_app(
             try:
                 new: CTRScorer | Retriever
                 if req.kind == "ctr":
-                    scorer = await run_in_threadpool(CTRScorer.load, req.model_dir, settings.max_history)
+                    scorer = await run_in_threadpool(CTRScorer.load, req.model_dir, settings.max_history, settings.device)
                     await run_in_threadpool(scorer.warm_up)  # a model that cannot score is refused here
                     new = scorer
                 else:

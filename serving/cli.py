@@ -58,6 +58,8 @@ def settings_from_args(args: argparse.Namespace) -> ServingSettings:
         raise SystemExit("recsys serve: a CTR model is required (MODEL_DIR of task ctr, or --ctr-model DIR)")
     if args.store:
         update["store"] = args.store
+    if args.device:
+        update["device"] = args.device
     ctr_dir = update.get("ctr_model_dir") or base.ctr_model_dir
     if args.bootstrap:
         update["bootstrap_build_dir"] = Path(args.bootstrap)
@@ -85,6 +87,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bootstrap", action="store_true", help="do not seed the store")
     parser.add_argument("--ray", action="store_true", help="serve with Ray Serve (replicas share a Redis store)")
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
+    parser.add_argument("--device", help="cpu (default) or cuda[:N]: where the CTR model and per-user states live")
     parser.add_argument("--log-level", default="warning")
     parser.set_defaults(func=serve)
 

@@ -103,11 +103,27 @@ def dense_lookup_table(raw_ids: np.ndarray) -> np.ndarray | None:
     return lut
 
 
-class CTRScorer:
-    """A CTR model ready to serve. Thread-compatible: scoring runs under torch.inference_mode."""
+def resolve_device(device: str) -> torch.device:
+    """The torch device to serve on; a CUDA device without a usable GPU is refused by name."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but torch.cuda.is_available() is False on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {device!r} is not supported (cpu or cuda[:N])")
+    return dev
 
-    def __init__(self, model: torch.nn.Module, vocabs: dict, info: ModelInfo, item_cats: np.ndarray, max_history: int) -> None:
-        self.model = model
+
+class CTRScorer:
+    """A CTR model ready to serve. Thread-compatible: scoring runs under torch.inference_mode.
+
+    On `device` (cpu or cuda) live the model and each user's model state (bucket tables, attention
+    keys: what scoring reads); the states' event-seq bookkeeping, ids and the returned scores stay on
+    the CPU. On CUDA the retrieval-stage ops run as the Triton kernels (kernels.ops dispatch)."""
+
+    def __init__(self, model: torch.nn.Module, vocabs: dict, info: ModelInfo, item_cats: np.ndarray, max_history: int,
+                 device: str = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
         self.vocabs = vocabs
         self.info = info
         self.item_cats = item_cats  # [N+1] dense item -> dense category
@@ -116,11 +132,12 @@ class CTRScorer:
         self._item_lut = dense_lookup_table(vocabs["items"].raw_ids)
 
     @classmethod
-    def load(cls, run_dir: str | Path, max_history: int = 10_000) -> "CTRScorer":
+    def load(cls, run_dir: str | Path, max_history: int = 10_000, device: str = "cpu") -> "CTRScorer":
+        resolve_device(device)  # refuse an unusable device before loading anything
         loaded, info = _load_run(run_dir, "ctr")
         vocabs = loaded.vocabs
         cats = item_category_map(getattr(loaded, "build_dir", None), len(vocabs["items"]))
-        return cls(loaded.model, vocabs, info, cats, max_history)
+        return cls(loaded.model, vocabs, info, cats, max_history, device)
 
     @property
     def key(self) -> str:
@@ -154,7 +171,15 @@ class CTRScorer:
         keep = items > 0  # unknown history items are skipped (see module docstring)
         cats = self.encode_categories(h.categories, items)
         seqs = np.arange(h.seq - len(h) + 1, h.seq + 1, dtype=np.int64)
-        return torch.from_numpy(items[keep]), torch.from_numpy(cats[keep]), torch.from_numpy(seqs[keep])
+        dev = self.device
+        return torch.from_numpy(items[keep]).to(dev), torch.from_numpy(cats[keep]).to(dev), torch.from_numpy(seqs[keep])
+
+    def _on_device(self, state: State) -> State:
+        """The state with its model tensors on the serving device (states read back from the store
+        are CPU tensors); the event-seq bookkeeping stays on the CPU. A no-op on the CPU."""
+        if self.device.type == "cpu":
+            return state
+        return {k: (v if k == SEQS_KEY else v.to(self.device, non_blocking=True)) for k, v in state.items()}
 
     # -- serving split ----------------------------------------------------------------------
     # The state of a user at store seq t reflects the known items among the last `max_history`
@@ -175,6 +200,7 @@ class CTRScorer:
         if SEQS_KEY not in state:
             raise ValueError(f"state: no {SEQS_KEY!r} entry (a state from an older server version; re-encode it)")
         window = self.max_history if window is None else window
+        state = self._on_device(state)
         items, cats, seqs = self._dense_history(tail)
         all_seqs = torch.cat([state[SEQS_KEY], seqs])
         kept = all_seqs[all_seqs > tail.seq - window]  # known items still inside the event window
@@ -198,9 +224,11 @@ class CTRScorer:
         """Click probabilities of known (dense > 0) candidates; [C] float64."""
         raw_cats = np.full(cand_dense.shape, -1, dtype=np.int64) if cand_cats_raw is None else cand_cats_raw
         cats = self.encode_categories(raw_cats, cand_dense)
+        dev = self.device
         with torch.inference_mode():
-            logits = self.model.score_candidates(state, torch.from_numpy(cand_dense), torch.from_numpy(cats))
-        return torch.sigmoid(logits.float()).numpy().astype(np.float64)
+            logits = self.model.score_candidates(self._on_device(state), torch.from_numpy(cand_dense).to(dev),
+                                                 torch.from_numpy(cats).to(dev))
+        return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
 
 def clone_state(state: State) -> State:
@@ -208,7 +236,8 @@ def clone_state(state: State) -> State:
 
 
 def state_to_bytes(state: State) -> bytes:
-    return st_save({k: v.contiguous() for k, v in state.items()})
+    """safetensors bytes of a state (always written from CPU copies, so any server can read them)."""
+    return st_save({k: v.detach().cpu().contiguous() for k, v in state.items()})
 
 
 def state_from_bytes(data: bytes) -> State:

@@ -42,6 +42,7 @@ class ServingSettings(StrictModel):
     store: str = "sqlite:serving_state.sqlite3"  # sqlite:PATH or redis://host:port/db
     bootstrap_build_dir: Path | None = None  # load sequences.parquet into an empty store at start-up
     max_history: int = Field(10_000, ge=1)  # events kept per user (oldest evicted)
+    device: str = "cpu"  # CTR model + per-user states: cpu or cuda[:N] (Triton retrieval kernels on CUDA)
     max_candidates: int = Field(2_048, ge=1)
     max_events_per_request: int = Field(1_000, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024)

@@ -90,3 +90,29 @@ def test_item_lookup_table_maps_exactly_like_the_vocabulary() -> None:
         got = scorer.encode_items(raw)
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, vocab.encode(raw))
+
+
+def test_an_unusable_device_is_refused_by_name() -> None:
+    import pytest
+    import torch
+
+    from serving.models import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device: 'mps' is not supported"):
+        resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda.is_available"):
+            resolve_device("cuda")
+
+
+def test_state_bytes_are_written_from_cpu_copies_and_round_trip() -> None:
+    import torch
+
+    from serving.models import state_from_bytes, state_to_bytes
+
+    state = {"table": torch.randn(4, 8, 3)[:, ::2], "seqs": torch.arange(5)}  # a non-contiguous view too
+    back = state_from_bytes(state_to_bytes(state))
+    assert set(back) == set(state)
+    for k in state:
+        assert back[k].device.type == "cpu" and torch.equal(back[k], state[k])
