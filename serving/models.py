@@ -174,7 +174,7 @@ class CTRScorer:
         dev = self.device
         return torch.from_numpy(items[keep]).to(dev), torch.from_numpy(cats[keep]).to(dev), torch.from_numpy(seqs[keep])
 
-    def _on_device(self, state: State) -> State:
+    def to_device(self, state: State) -> State:
         """The state with its model tensors on the serving device (states read back from the store
         are CPU tensors); the event-seq bookkeeping stays on the CPU. A no-op on the CPU."""
         if self.device.type == "cpu":
@@ -200,7 +200,7 @@ class CTRScorer:
         if SEQS_KEY not in state:
             raise ValueError(f"state: no {SEQS_KEY!r} entry (a state from an older server version; re-encode it)")
         window = self.max_history if window is None else window
-        state = self._on_device(state)
+        state = self.to_device(state)
         items, cats, seqs = self._dense_history(tail)
         all_seqs = torch.cat([state[SEQS_KEY], seqs])
         kept = all_seqs[all_seqs > tail.seq - window]  # known items still inside the event window
@@ -226,7 +226,7 @@ class CTRScorer:
         cats = self.encode_categories(raw_cats, cand_dense)
         dev = self.device
         with torch.inference_mode():
-            logits = self.model.score_candidates(self._on_device(state), torch.from_numpy(cand_dense).to(dev),
+            logits = self.model.score_candidates(self.to_device(state), torch.from_numpy(cand_dense).to(dev),
                                                  torch.from_numpy(cats).to(dev))
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 

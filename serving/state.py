@@ -77,7 +77,7 @@ class StateCache:
             cached = None
             with self.metrics.store_op("get_state"):
                 blob = self.store.get_state(user_id, scorer.key)
-            state = state_from_bytes(blob.data) if blob is not None and blob.seq <= seq else None
+            state = scorer.to_device(state_from_bytes(blob.data)) if blob is not None and blob.seq <= seq else None
             if blob is not None and state is not None and SEQS_KEY in state:  # else: older format, re-encode
                 cached = UserState(state, blob.seq, min(blob.seq, self.store.max_history))
                 source = "store"
