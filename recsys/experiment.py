@@ -194,6 +194,7 @@ def finalize_run(cfg: ExperimentConfig, task: Any, model: torch.nn.Module, resul
     evaluation = evaluate_model(task, model, cfg)
     evaluation["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                          "stop_reason": result.stop_reason, "train_seconds": result.seconds,
+                         "budget_clock": result.budget_clock,
                          "best_valid_" + task.primary_metric: result.best_metric, **extra}
     (run_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=1, sort_keys=True))
     artifacts.save_weights(model, run_dir / artifacts.WEIGHTS_FILE)
