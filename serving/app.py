@@ -229,7 +229,7 @@ def create_app(
         if svc.ready:  # the batcher belongs to one event loop: one running instance per app
             raise RuntimeError("this app is already running (create_app once per server)")
         if svc.store is None:
-            svc.store = open_store(settings.store, settings.max_history)
+            svc.store = open_store(settings.store, settings.max_history, settings.event_id_ttl_s)
             svc.owns_store = True
         if svc.ctr is None and settings.ctr_model_dir is not None:
             svc.ctr = await run_in_threadpool(CTRScorer.load, settings.ctr_model_dir, settings.max_history, settings.device)

@@ -42,6 +42,9 @@ class ServingSettings(StrictModel):
     store: str = "sqlite:serving_state.sqlite3"  # sqlite:PATH or redis://host:port/db
     bootstrap_build_dir: Path | None = None  # load sequences.parquet into an empty store at start-up
     max_history: int = Field(10_000, ge=1)  # events kept per user (oldest evicted)
+    #: /v1/events idempotency window: an event_id deduplicates retries for this many seconds after
+    #: its first append (then it is forgotten, bounding the store); None = forever
+    event_id_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)
     device: str = "cpu"  # CTR model + per-user states: cpu or cuda[:N] (Triton retrieval kernels on CUDA)
     max_candidates: int = Field(2_048, ge=1)
     max_events_per_request: int = Field(1_000, ge=1)

@@ -1,7 +1,8 @@
 """Redis store for several replicas (redis-py). Each user's retained history is one string of
 fixed 24-byte records (item, category, timestamp as little-endian int64), so a 10,000-event
 history is one GET and one `np.frombuffer`. Appends are one Lua script per request: dedupe on
-event id (SET NX), append, bump seq, evict beyond `max_history` - atomic on the server.
+event id (SET NX, expiring after `event_id_ttl_s`: the idempotency window), append, bump seq,
+evict beyond `max_history` - atomic on the server.
 
 Durability of acknowledged events is the server's: run redis-server with `appendonly yes` and
 `appendfsync always` (the tests do) so a reply means the AOF was fsync'ed.
@@ -12,16 +13,19 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from serving.store.base import AppendResult, Event, History, StateBlob, UserStore
+from serving.store.base import DEFAULT_EVENT_ID_TTL_S, AppendResult, Event, History, StateBlob, UserStore
 
 RECORD = np.dtype([("item", "<i8"), ("cat", "<i8"), ("ts", "<i8")])  # 24 bytes
 
 _APPEND = """
-local p = ARGV[1]; local cap = tonumber(ARGV[2]) * 24; local n = tonumber(ARGV[3])
+local p = ARGV[1]; local cap = tonumber(ARGV[2]) * 24; local n = tonumber(ARGV[3]); local ttl_ms = tonumber(ARGV[4])
 local out = {}; local touched = {}
 for i = 0, n - 1 do
-  local eid = ARGV[4 + 4 * i]; local uid = ARGV[5 + 4 * i]; local rec = ARGV[6 + 4 * i]; local et = ARGV[7 + 4 * i]
-  if redis.call('SET', p .. 'e:' .. eid, et, 'NX') then
+  local eid = ARGV[5 + 4 * i]; local uid = ARGV[6 + 4 * i]; local rec = ARGV[7 + 4 * i]; local et = ARGV[8 + 4 * i]
+  local fresh
+  if ttl_ms > 0 then fresh = redis.call('SET', p .. 'e:' .. eid, et, 'NX', 'PX', ttl_ms)
+  else fresh = redis.call('SET', p .. 'e:' .. eid, et, 'NX') end
+  if fresh then
     redis.call('APPEND', p .. 'h:' .. uid, rec)
     redis.call('INCR', p .. 's:' .. uid)
     redis.call('SADD', p .. 'users', uid)
@@ -57,8 +61,10 @@ return 0
 
 
 class RedisStore(UserStore):
-    def __init__(self, url: str, max_history: int = 10_000, prefix: str = "recsys:") -> None:
+    def __init__(self, url: str, max_history: int = 10_000, prefix: str = "recsys:",
+                 event_id_ttl_s: float | None = DEFAULT_EVENT_ID_TTL_S) -> None:
         self.max_history = max_history
+        self.event_id_ttl_s = event_id_ttl_s
         self.prefix = prefix
         self._r = redis.Redis.from_url(url, socket_timeout=30.0)
         self._append = self._r.register_script(_APPEND)
@@ -69,7 +75,8 @@ class RedisStore(UserStore):
         result = AppendResult()
         if not events:
             return result
-        args: list[bytes | str | int] = [self.prefix, self.max_history, len(events)]
+        ttl_ms = 0 if self.event_id_ttl_s is None else max(1, int(self.event_id_ttl_s * 1000))
+        args: list[bytes | str | int] = [self.prefix, self.max_history, len(events), ttl_ms]
         for ev in events:
             rec = np.array([(ev.item_id, ev.category_id, ev.timestamp)], dtype=RECORD).tobytes()
             args += [ev.event_id, ev.user_id, rec, ev.event_type or ""]

@@ -1,15 +1,18 @@
 """The embedded default store: one SQLite file in WAL mode with synchronous=FULL, so a commit
-(and therefore an acknowledged `append`) survives a process kill or power loss."""
+(and therefore an acknowledged `append`) survives a process kill or power loss. Event ids are
+kept for `event_id_ttl_s` seconds after their first append (the idempotency window), then pruned
+by the next append."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from serving.store.base import NO_CATEGORY, AppendResult, Event, History, StateBlob, UserStore
+from serving.store.base import DEFAULT_EVENT_ID_TTL_S, NO_CATEGORY, AppendResult, Event, History, StateBlob, UserStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
@@ -17,7 +20,8 @@ CREATE TABLE IF NOT EXISTS events (
     user_id INTEGER NOT NULL, seq INTEGER NOT NULL, item_id INTEGER NOT NULL,
     category_id INTEGER NOT NULL, ts INTEGER NOT NULL, event_type TEXT, event_id TEXT,
     PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS event_ids_created ON event_ids (created);
 CREATE TABLE IF NOT EXISTS states (
     user_id INTEGER NOT NULL, model_key TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (user_id, model_key)) WITHOUT ROWID;
@@ -27,8 +31,9 @@ CREATE TABLE IF NOT EXISTS states (
 class SQLiteStore(UserStore):
     """Thread-safe (one connection behind a lock; SQLite serialises writers anyway)."""
 
-    def __init__(self, path: str | Path, max_history: int = 10_000) -> None:
+    def __init__(self, path: str | Path, max_history: int = 10_000, event_id_ttl_s: float | None = DEFAULT_EVENT_ID_TTL_S) -> None:
         self.path = Path(path)
+        self.event_id_ttl_s = event_id_ttl_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_history = max_history
         self._lock = threading.Lock()
@@ -37,6 +42,7 @@ class SQLiteStore(UserStore):
         if str(mode).lower() != "wal":
             raise RuntimeError(f"store: {self.path} could not be put in WAL mode (got {mode})")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate_event_ids()
         self._db.executescript(SCHEMA)
         # `seq` (the one store read of a warm /v1/score, possibly on the event loop) uses its own
         # connection and lock: in WAL mode it reads the last committed value without waiting for a
@@ -51,9 +57,12 @@ class SQLiteStore(UserStore):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                now = time.time()
+                if self.event_id_ttl_s is not None:  # ids past the idempotency window (index range scan)
+                    db.execute("DELETE FROM event_ids WHERE created < ?", (now - self.event_id_ttl_s,))
                 seqs: dict[int, int] = {}
                 for ev in events:
-                    if db.execute("INSERT OR IGNORE INTO event_ids VALUES (?)", (ev.event_id,)).rowcount == 0:
+                    if db.execute("INSERT OR IGNORE INTO event_ids VALUES (?,?)", (ev.event_id, now)).rowcount == 0:
                         result.duplicates.append(ev.event_id)
                         continue
                     if ev.user_id not in seqs:
@@ -93,6 +102,14 @@ class SQLiteStore(UserStore):
                 raise
         return True
 
+    def _migrate_event_ids(self) -> None:
+        """Stores written before the idempotency window had event_ids(event_id) only: add `created`
+        (= now, so their ids keep deduplicating for one full window)."""
+        cols = [r[1] for r in self._db.execute("PRAGMA table_info(event_ids)").fetchall()]
+        if cols and "created" not in cols:
+            self._db.execute("ALTER TABLE event_ids ADD COLUMN created REAL NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE event_ids SET created=?", (time.time(),))
+
     def _seq_locked(self, user_id: int) -> int:
         row = self._db.execute("SELECT seq FROM users WHERE user_id=?", (user_id,)).fetchone()
         return int(row[0]) if row else 0
@@ -124,7 +141,8 @@ class SQLiteStore(UserStore):
 
     def has_event(self, event_id: str) -> bool:
         with self._lock:
-            return self._db.execute("SELECT 1 FROM event_ids WHERE event_id=?", (event_id,)).fetchone() is not None
+            row = self._db.execute("SELECT created FROM event_ids WHERE event_id=?", (event_id,)).fetchone()
+        return row is not None and (self.event_id_ttl_s is None or row[0] >= time.time() - self.event_id_ttl_s)
 
     # -- model state ------------------------------------------------------------------------
     def get_state(self, user_id: int, model_key: str) -> StateBlob | None:

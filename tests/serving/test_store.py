@@ -121,3 +121,43 @@ def test_sqlite_seq_does_not_wait_for_a_writer(tmp_path: Path) -> None:
         assert s.seq(1) == 3  # and sees the next commit
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_event_ids_deduplicate_within_the_window_and_are_forgotten_after(backend: str, tmp_path: Path,
+                                                                         request: pytest.FixtureRequest) -> None:
+    import time
+
+    ttl = 0.4
+    if backend == "sqlite":
+        s = open_store(f"sqlite:{tmp_path / 'state.sqlite3'}", max_history=5, event_id_ttl_s=ttl)
+    else:
+        from serving.store.redis import RedisStore
+
+        s = RedisStore(request.getfixturevalue("redis_url"), max_history=5, prefix=f"t{uuid.uuid4().hex}:", event_id_ttl_s=ttl)
+    try:
+        assert s.append([ev("a", 1, 10)]).stored == ["a"]
+        assert s.append([ev("a", 1, 10)]).duplicates == ["a"] and s.has_event("a")  # a retry inside the window
+        time.sleep(ttl + 0.3)
+        assert not s.has_event("a")
+        res = s.append([ev("a", 1, 11)])  # past the window: a new event (documented)
+        assert res.stored == ["a"] and s.history(1).items.tolist() == [10, 11]
+        assert s.append([ev("a", 1, 11)]).duplicates == ["a"]  # and deduplicated again from now on
+    finally:
+        s.close()
+
+
+def test_sqlite_store_from_before_the_window_keeps_its_ids(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(str(path))
+    db.execute("CREATE TABLE event_ids (event_id TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.execute("INSERT INTO event_ids VALUES ('old')")
+    db.commit()
+    db.close()
+    s = open_store(f"sqlite:{path}", max_history=5)
+    try:
+        assert s.has_event("old") and s.append([ev("old", 1, 10)]).duplicates == ["old"]
+    finally:
+        s.close()
