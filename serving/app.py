@@ -247,7 +247,7 @@ def create_app(
             svc.metrics.batch_latency.observe(seconds)
 
         b = settings.batch
-        inline = inline_scoring(settings)
+        inline = inline_scoring(settings, svc.store)
         svc.batcher = MicroBatcher(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_batch,
                                    flush_when_idle=b.flush_when_idle, inline_when_alone=inline)
         await svc.batcher.start()
@@ -315,9 +315,17 @@ def create_app(
     async def score_dense(scorer: CTRScorer, user_id: int, dense: np.ndarray, cats: np.ndarray | None, recent: History | None):
         cache, batcher = svc.cache, svc.batcher
         assert cache is not None and batcher is not None
-        # warm: the batch thread checks the cached state against the store's event count (O(1));
-        # cold: load/encode it here first so a long history does not stall other users' batch
-        us = None if cache.contains(scorer, user_id) else await run_in_threadpool(cache.get, scorer, user_id)
+        if batcher.inline_when_alone:
+            # a lone request may be scored on the event loop: it must carry a state that needs no
+            # store I/O beyond the O(1) seq read; a cold or behind-the-store state (catch-up reads
+            # history and may wait for a writer's fsync) is resolved in a worker thread first
+            us = cache.current(scorer, user_id)
+            if us is None:
+                us = await run_in_threadpool(cache.get, scorer, user_id)
+        else:
+            # warm: the batch thread checks the cached state against the store's event count (O(1));
+            # cold: load/encode it here first so a long history does not stall other users' batch
+            us = None if cache.contains(scorer, user_id) else await run_in_threadpool(cache.get, scorer, user_id)
         return await batcher.submit(ScoreJob(scorer, cache, user_id, us, dense, cats, recent))
 
     async def score_raw(scorer: CTRScorer, user_id: int, raw: np.ndarray, cats: np.ndarray | None = None,

@@ -118,6 +118,8 @@ class MicroBatcher(Generic[T, R]):
                 results = [exc] * len(live)
             if self.on_batch is not None:
                 self.on_batch(len(live), time.perf_counter() - t0)
+            if len(results) != len(live):  # a broken batch function must not leave callers waiting
+                results = [RuntimeError(f"batch function returned {len(results)} results for {len(live)} requests")] * len(live)
             for (_, fut), res in zip(live, results):
                 if fut.done():
                     continue
@@ -127,4 +129,5 @@ class MicroBatcher(Generic[T, R]):
                     fut.set_result(res)
             # drop this batch's items and results now: kept until the next batch they would pin
             # whatever they reference (e.g. a model just replaced by a reload) while idle
-            del batch, live, results, res
+            del batch, live, results
+            res = None

@@ -14,6 +14,8 @@ Raw ids unknown to a model's vocabulary:
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,8 @@ def resolve_device(device: str) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} requested but torch.cuda.is_available() is False on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s) visible)")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device: {device!r} is not supported (cpu or cuda[:N])")
     return dev
@@ -174,6 +178,11 @@ class CTRScorer:
         dev = self.device
         return torch.from_numpy(items[keep]).to(dev), torch.from_numpy(cats[keep]).to(dev), torch.from_numpy(seqs[keep])
 
+    def _on_device(self) -> contextlib.AbstractContextManager:
+        """Make the serving GPU the thread's current device (Triton launches on the current device,
+        and worker threads / the event loop default to cuda:0); nothing on the CPU."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def to_device(self, state: State) -> State:
         """The state with its model tensors on the serving device (states read back from the store
         are CPU tensors); the event-seq bookkeeping stays on the CPU. A no-op on the CPU."""
@@ -188,7 +197,7 @@ class CTRScorer:
     # exactly the known items whose events left that window, as a fresh encode would.
     def encode(self, h: History) -> State:
         items, cats, seqs = self._dense_history(h)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._on_device():
             state = self.model.encode_user(items, cats)
         state[SEQS_KEY] = seqs
         return state
@@ -208,7 +217,7 @@ class CTRScorer:
             return self.encode(History.empty())
         if items.numel() == 0 and kept.numel() == state[SEQS_KEY].numel():
             return state  # nothing known arrived and nothing known left the window
-        with torch.inference_mode():
+        with torch.inference_mode(), self._on_device():
             out = self.model.append_to_state(state, items, cats, int(kept.numel()))
         out[SEQS_KEY] = kept
         return out
@@ -225,7 +234,7 @@ class CTRScorer:
         raw_cats = np.full(cand_dense.shape, -1, dtype=np.int64) if cand_cats_raw is None else cand_cats_raw
         cats = self.encode_categories(raw_cats, cand_dense)
         dev = self.device
-        with torch.inference_mode():
+        with torch.inference_mode(), self._on_device():
             logits = self.model.score_candidates(self.to_device(state), torch.from_numpy(cand_dense).to(dev),
                                                  torch.from_numpy(cats).to(dev))
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)

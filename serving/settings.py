@@ -88,8 +88,9 @@ class ServingSettings(StrictModel):
         return value or None
 
 
-def inline_scoring(settings: ServingSettings) -> bool:
+def inline_scoring(settings: ServingSettings, store: object) -> bool:
     """Whether a lone score request runs on the event loop: `batch.inline_when_alone`, or when
-    unset, only with the embedded SQLite store (a Redis round trip must not block the loop)."""
+    unset, only with an embedded store (`store.embedded`: SQLite; a Redis round trip must not
+    block the loop). Decided on the store in use, which may be passed to create_app directly."""
     explicit = settings.batch.inline_when_alone
-    return explicit if explicit is not None else settings.store.startswith("sqlite:")
+    return explicit if explicit is not None else bool(getattr(store, "embedded", False))

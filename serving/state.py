@@ -59,6 +59,26 @@ class StateCache:
         catches it up). No I/O: safe to call on the event loop."""
         return (scorer.key, user_id) in self._lru
 
+    def current(self, scorer: CTRScorer, user_id: int) -> UserState | None:
+        """The cached state if it is at the store's current seq, else None (the caller resolves it
+        with `get` in a worker thread). One O(1) `seq` read and no history I/O: with the embedded
+        store that read has its own connection and never waits behind a writer, so this is what a
+        request scored on the event loop may call."""
+        key = (scorer.key, user_id)
+        with self._lock:
+            cached = self._lru.get(key)
+        if cached is None:
+            return None
+        with self.metrics.store_op("seq"):
+            seq = self.store.seq(user_id)
+        if cached.seq != seq:
+            return None
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+        self.metrics.state_cache.labels("hit").inc()
+        return cached
+
     def get(self, scorer: CTRScorer, user_id: int, persist: bool = False) -> UserState:
         """The user's state at the store's current seq (blocking; call from a worker thread).
         `persist` writes a changed state back to the store (done after event appends)."""

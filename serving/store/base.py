@@ -82,6 +82,8 @@ class UserStore(abc.ABC):
     worker thread in async code); implementations are thread-safe."""
 
     max_history: int
+    #: in-process (no network round trip per call): reads may run on the event loop
+    embedded: bool = False
 
     @abc.abstractmethod
     def append(self, events: list[Event]) -> AppendResult:

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS states (
 class SQLiteStore(UserStore):
     """Thread-safe (one connection behind a lock; SQLite serialises writers anyway)."""
 
+    embedded = True
+
     def __init__(self, path: str | Path, max_history: int = 10_000, event_id_ttl_s: float | None = DEFAULT_EVENT_ID_TTL_S) -> None:
         self.path = Path(path)
         self.event_id_ttl_s = event_id_ttl_s
@@ -107,8 +109,11 @@ class SQLiteStore(UserStore):
         (= now, so their ids keep deduplicating for one full window)."""
         cols = [r[1] for r in self._db.execute("PRAGMA table_info(event_ids)").fetchall()]
         if cols and "created" not in cols:
-            self._db.execute("ALTER TABLE event_ids ADD COLUMN created REAL NOT NULL DEFAULT 0")
-            self._db.execute("UPDATE event_ids SET created=?", (time.time(),))
+            try:  # one atomic statement; the default is a numeric literal (no user input)
+                self._db.execute(f"ALTER TABLE event_ids ADD COLUMN created REAL NOT NULL DEFAULT {time.time():.3f}")
+            except sqlite3.OperationalError as exc:  # another process migrated it first
+                if "duplicate column" not in str(exc):
+                    raise
 
     def _seq_locked(self, user_id: int) -> int:
         row = self._db.execute("SELECT seq FROM users WHERE user_id=?", (user_id,)).fetchone()

@@ -261,3 +261,27 @@ def test_cached_state_matches_fresh_encode_with_unknown_items_past_max_history(t
         win = (sent + recent)[-window:]
         np.testing.assert_allclose(body["scores"], forward_probs(c, [i for i in win if i in known_raw], cands),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_only_a_current_cached_state_is_handed_to_the_event_loop(tmp_path: Path) -> None:
+    """`StateCache.current` (what a request scored on the event loop may use) returns the cached
+    state only while it is at the store's seq; behind the store (events appended after caching)
+    it returns None, so the catch-up (history read, may wait for a writer) runs in a worker thread."""
+    from serving.metrics import Metrics
+    from serving.state import StateCache
+    from serving.store import Event, open_store
+
+    store = open_store(f"sqlite:{tmp_path / 'state.sqlite3'}", max_history=50)
+    scorer = M.ctr_scorer("sdim")
+    raw = M.RAW_ITEMS.tolist()
+    try:
+        cache = StateCache(store, Metrics())
+        store.append([Event(event_id=f"e{i}", user_id=5, item_id=raw[i], timestamp=i) for i in range(3)])
+        assert cache.current(scorer, 5) is None  # nothing cached yet
+        us = cache.get(scorer, 5)
+        assert cache.current(scorer, 5) is us and us.seq == 3
+        store.append([Event(event_id="e3", user_id=5, item_id=raw[3], timestamp=3)])
+        assert cache.current(scorer, 5) is None  # behind the store: not for the event loop
+        assert cache.get(scorer, 5).seq == 4 and cache.current(scorer, 5).seq == 4
+    finally:
+        store.close()

@@ -136,10 +136,32 @@ def test_without_inline_every_batch_runs_in_the_thread() -> None:
 
 def test_inline_scoring_defaults_to_the_embedded_store_only() -> None:
     from serving.settings import ServingSettings, inline_scoring
+    from serving.store.redis import RedisStore
+    from serving.store.sqlite import SQLiteStore
 
-    assert inline_scoring(ServingSettings(store="sqlite:/tmp/x.sqlite3"))
-    assert not inline_scoring(ServingSettings(store="redis://127.0.0.1:6379/0"))
-    forced = ServingSettings.model_validate({"store": "redis://127.0.0.1:6379/0", "batch": {"inline_when_alone": True}})
-    assert inline_scoring(forced)
-    off = ServingSettings.model_validate({"store": "sqlite:/tmp/x.sqlite3", "batch": {"inline_when_alone": False}})
-    assert not inline_scoring(off)
+    sqlite, redis = object.__new__(SQLiteStore), object.__new__(RedisStore)  # the class decides, no I/O
+    default = ServingSettings()
+    assert inline_scoring(default, sqlite) and not inline_scoring(default, redis)
+    forced = ServingSettings.model_validate({"batch": {"inline_when_alone": True}})
+    assert inline_scoring(forced, redis)
+    off = ServingSettings.model_validate({"batch": {"inline_when_alone": False}})
+    assert not inline_scoring(off, sqlite)
+
+
+def test_a_batch_function_returning_too_few_results_fails_its_callers_and_the_batcher_lives_on() -> None:
+    calls: list[int] = []
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(len(items))
+        return [] if len(calls) == 1 else [x + 1 for x in items]
+
+    async def main() -> int:
+        b = MicroBatcher(fn, flush_when_idle=True, inline_when_alone=True)
+        await b.start()
+        with pytest.raises(RuntimeError, match="returned 0 results for 1 requests"):
+            await asyncio.wait_for(b.submit(1), timeout=5)
+        out = await asyncio.wait_for(b.submit(2), timeout=5)  # the worker task survived
+        await b.stop()
+        return out
+
+    assert run(main()) == 3
