@@ -15,7 +15,6 @@ Raw ids unknown to a model's vocabulary:
 from __future__ import annotations
 
 import contextlib
-
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +183,10 @@ class CTRScorer:
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def to_device(self, state: State) -> State:
-        """The state with its model tensors on the serving device (states read back from the store
-        are CPU tensors); the event-seq bookkeeping stays on the CPU. A no-op on the CPU."""
+        """The state with its model tensors on the serving device: states read back from the store
+        are CPU tensors, and the state cache moves them once, when it loads them (encode/append
+        produce states on the device already); the event-seq bookkeeping stays on the CPU. A no-op
+        on the CPU."""
         if self.device.type == "cpu":
             return state
         return {k: (v if k == SEQS_KEY else v.to(self.device, non_blocking=True)) for k, v in state.items()}
@@ -209,7 +210,6 @@ class CTRScorer:
         if SEQS_KEY not in state:
             raise ValueError(f"state: no {SEQS_KEY!r} entry (a state from an older server version; re-encode it)")
         window = self.max_history if window is None else window
-        state = self.to_device(state)
         items, cats, seqs = self._dense_history(tail)
         all_seqs = torch.cat([state[SEQS_KEY], seqs])
         kept = all_seqs[all_seqs > tail.seq - window]  # known items still inside the event window
@@ -235,7 +235,7 @@ class CTRScorer:
         cats = self.encode_categories(raw_cats, cand_dense)
         dev = self.device
         with torch.inference_mode(), self._on_device():
-            logits = self.model.score_candidates(self.to_device(state), torch.from_numpy(cand_dense).to(dev),
+            logits = self.model.score_candidates(state, torch.from_numpy(cand_dense).to(dev),
                                                  torch.from_numpy(cats).to(dev))
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 

@@ -64,31 +64,30 @@ class StateCache:
         with `get` in a worker thread). One O(1) `seq` read and no history I/O: with the embedded
         store that read has its own connection and never waits behind a writer, so this is what a
         request scored on the event loop may call."""
-        key = (scorer.key, user_id)
+        cached = self._touch((scorer.key, user_id))
+        if cached is None or cached.seq != self._store_seq(user_id):
+            return None
+        self.metrics.state_cache.labels("hit").inc()
+        return cached
+
+    def _store_seq(self, user_id: int) -> int:
+        with self.metrics.store_op("seq"):
+            return self.store.seq(user_id)
+
+    def _touch(self, key: tuple[str, int]) -> UserState | None:
+        """The cached entry (marked most recently used), or None."""
         with self._lock:
             cached = self._lru.get(key)
-        if cached is None:
-            return None
-        with self.metrics.store_op("seq"):
-            seq = self.store.seq(user_id)
-        if cached.seq != seq:
-            return None
-        with self._lock:
-            if key in self._lru:
+            if cached is not None:
                 self._lru.move_to_end(key)
-        self.metrics.state_cache.labels("hit").inc()
         return cached
 
     def get(self, scorer: CTRScorer, user_id: int, persist: bool = False) -> UserState:
         """The user's state at the store's current seq (blocking; call from a worker thread).
         `persist` writes a changed state back to the store (done after event appends)."""
         key = (scorer.key, user_id)
-        with self.metrics.store_op("seq"):
-            seq = self.store.seq(user_id)
-        with self._lock:
-            cached = self._lru.get(key)
-            if cached is not None:
-                self._lru.move_to_end(key)
+        seq = self._store_seq(user_id)
+        cached = self._touch(key)
         if cached is not None and cached.seq == seq:
             self.metrics.state_cache.labels("hit").inc()
             return cached
