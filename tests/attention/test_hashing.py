@@ -3,6 +3,7 @@ equal the paper's collision-mask formulation, values and gradients."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -71,8 +72,12 @@ def test_training_route_matches_table_route_with_fields_and_gradients() -> None:
     assert torch.equal(mod.small_codes((item, cat)).long(), mod.codes(hist))
 
 
-def test_wide_signatures_fall_back_to_int64_codes() -> None:
-    mod = SimHashInterest(dim=5, num_hashes=18, tau=9, seed=0)
+@pytest.mark.parametrize("tau", [9, 10, 15, 16])
+def test_wide_signatures_pack_the_same_bits(tau: int) -> None:
+    """tau 9..15 packs into int16 codes, tau 16 falls back to the op's int64 codes: same bits, same output."""
+    mod = SimHashInterest(dim=5, num_hashes=2 * tau, tau=tau, seed=0)
     hist, q = torch.randn(2, 7, 5), torch.randn(2, 3, 5)
     lengths = torch.tensor([7, 4])
+    assert torch.equal(mod.small_codes(hist).long(), mod.codes(hist))
+    assert torch.equal(mod.small_codes((hist[..., :2], hist[..., 2:])).long(), mod.codes(hist))
     torch.testing.assert_close(mod(hist, lengths, q), _paper_formulation(mod, hist, lengths, q))
