@@ -8,6 +8,11 @@ Target: MQSA-TED NDCG@10 >= 1.05 x SASRec's on both sets (row metric "ndcg@10 ra
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.mqsa_ted --seeds 0 1 2 --max-minutes 5
 
+Converged protocol (the paper's: train both until validation stops improving, same stopping rule):
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.mqsa_ted --seeds 0 1 2 --max-minutes 60 --patience 5 \
+        --name mqsa_ted_converged --output-dir runs/bench_converged
+
 Budget clock (train.budget_clock, default here "process"): the budget counts this process's CPU time,
 which with 1 torch thread is the uncontended wall time, so a run's budget does not shrink when
 other jobs share the cores or the process is paused; validation inside the loop is counted.
@@ -64,7 +69,7 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     data = read_yaml(REPO / f"configs/experiments/{model}_{dataset}.yaml")
     data["data"]["build_dir"] = ensure_build(dataset)
     data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every,
-                         bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock)
+                         bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock, patience=args.patience)
     data["loss"] = {"kind": args.loss, **({"num_negatives": args.negatives} if args.loss == "sampled_softmax" else {})}
     data.update(output_dir=args.output_dir, seed=seed, name=f"{model}-{dataset}-{args.loss}-s{seed}")
     cfg = parse_experiment(data, f"{model}_{dataset}")
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="clock of the budget (train.budget_clock); process = this process's CPU time")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=1)
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early stopping: stop after this many evaluations without a better valid NDCG@10 "
+                         "(same rule for both models; default none = train to the budget)")
     ap.add_argument("--loss", choices=["ce", "sampled_softmax"], default="ce", help="same for both models")
     ap.add_argument("--negatives", type=int, default=1000, help="shared negatives for sampled_softmax")
     ap.add_argument("--batching", choices=["bucketed", "random"], default="bucketed")
@@ -144,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     base = (f"full ranking over all items, history excluded, leave-one-out, test; best weights by valid full NDCG@10 "
             f"(eval every {args.eval_every} epochs); loss {loss} for both; d 64, maxlen 50, 1 block, batch 256, "
             f"lr 1e-3, {args.batching} batches; training budget {args.max_minutes} min per run on the {clock} "
-            f"(validation included), <= {args.epochs} epochs, torch threads {args.threads}, "
+            f"(validation included), <= {args.epochs} epochs, "
+            f"{f'early stop after {args.patience} evaluations without a better valid NDCG@10 (both models), ' if args.patience else ''}"
+            f"torch threads {args.threads}, "
             f"glibc malloc {'no-mmap' if malloc else 'default'}")
     done_rows: list[dict] = []
     for ds in args.datasets:

@@ -37,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batching", choices=["bucketed", "random"], default="bucketed",
                     help="bucketed: users of similar length share a batch (train.bucket_by_length); random: plain shuffle")
-    ap.add_argument("--negatives", type=int, default=1, help="BCE negatives per position (paper: 1)")
+    ap.add_argument("--negatives", type=int, default=1,
+                    help="BCE: negatives per position (paper: 1); sampled_softmax: shared negatives per batch")
+    ap.add_argument("--loss", choices=["bce", "sampled_softmax", "ce"], default="bce",
+                    help="bce = the paper's; sampled_softmax = shared popularity negatives with log-Q correction")
+    ap.add_argument("--shared-negatives", choices=["popularity", "uniform"], default="popularity",
+                    help="sampled_softmax: popularity (log-Q corrected) or uniform shared negatives")
+    ap.add_argument("--budget-clock", choices=["wall", "process"], default="wall",
+                    help="process = the run's CPU time (a shared machine does not shrink the budget)")
     ap.add_argument("--output-dir", default=str(REPO / "runs" / "bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -49,13 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     data["data"]["build_dir"] = str(REPO / "runs/games/build")
     data["model"]["norm"] = args.norm
     data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every, patience=None,
-                         bucket_by_length=args.batching == "bucketed")
-    data["loss"]["num_negatives"] = args.negatives
+                         bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock)
+    data["loss"] = {"kind": args.loss, **({} if args.loss == "ce" else {"num_negatives": args.negatives})}
+    if args.loss == "sampled_softmax":
+        data["loss"]["shared_negatives"] = args.shared_negatives
     variant = "" if (args.batching, args.negatives) == ("bucketed", 1) else f"_{args.batching}_neg{args.negatives}"
+    if args.loss != "bce":
+        variant = f"_{args.loss}" + ("" if args.loss == "ce" else f"{args.negatives}") + \
+            (f"_{args.shared_negatives}" if args.loss == "sampled_softmax" else "") + \
+            ("" if args.batching == "bucketed" else f"_{args.batching}")
+    if args.budget_clock != "wall":
+        variant += f"_{args.budget_clock}clock"
     if args.norm != "query_only":
         variant += f"_{args.norm}"
     data.update(output_dir=args.output_dir, seed=args.seed,
-                name=f"sasrec-games-{args.norm}-{args.batching}-neg{args.negatives}-s{args.seed}")
+                name=f"sasrec-games-{args.norm}-{args.batching}-{args.loss}-neg{args.negatives}-{args.shared_negatives}-"
+                     f"{args.budget_clock}-s{args.seed}")
     cfg = parse_experiment(data, "sasrec_games")
     run_dir = run_experiment(cfg, resume=False)
     ev = json.loads((run_dir / "eval.json").read_text())
@@ -69,11 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             time_to_bar = elapsed
             break
     fit = ev["fit"]
-    budget = (f"training budget {args.max_minutes} min ({fit['epochs_run']} full epochs run, stop: {fit['stop_reason']}, "
+    loss_text = {"bce": f"BCE with {args.negatives} negative(s) per position"
+                        + (" (paper)" if args.negatives == 1 else " (paper: 1)"),
+                 "sampled_softmax": f"sampled softmax over {args.negatives} shared {args.shared_negatives}-sampled "
+                                    f"negatives per batch"
+                                    f"{' with log-Q correction' if args.shared_negatives == 'popularity' else ''} "
+                                    f"(not the paper's BCE)",
+                 "ce": "full-softmax cross-entropy (not the paper's BCE)"}[args.loss]
+    budget = (f"training budget {args.max_minutes} min on the {args.budget_clock} clock ({fit['epochs_run']} full epochs run, stop: {fit['stop_reason']}, "
               f"best valid epoch {fit['best_epoch']}); paper trains 201 epochs")
     base = (f"leave-one-out, test, best weights by valid full NDCG@10 (eval every {args.eval_every} epochs, valid on "
-            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss BCE with {args.negatives} "
-            f"negative(s) per position{' (paper: 1)' if args.negatives != 1 else ' (paper)'}; batches "
+            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss {loss_text}; batches "
             f"{'length-bucketed (seeded shuffle, stable sort by length, shuffled batch order)' if args.batching == 'bucketed' else 'random users'}; "
             f"{budget}; torch threads {args.threads}")
     cmd = ".venv/bin/python -m benchmarks.sasrec_games " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -34,6 +34,10 @@ class LossConfig(StrictModel):
     #: for "sampled_softmax" (batch["shared_neg"] [M]); unused by "ce"
     num_negatives: int = Field(1, ge=1)
     logq_correction: bool = True
+    #: "sampled_softmax" only: where the shared negatives come from. "popularity" (train-item
+    #: frequencies, with log-Q correction an estimate of the full softmax: the full-ranking objective)
+    #: or "uniform" over all items (the distribution of the sampled-100 protocol's negatives)
+    shared_negatives: Literal["popularity", "uniform"] = "popularity"
 
 
 def _require(batch: Batch, key: str, kind: str) -> torch.Tensor:

@@ -68,7 +68,7 @@ class NextItemTask:
         eval_batch_size: int = 256,
         valid_max_users: int | None = None,
         ks: tuple[int, ...] = DEFAULT_KS,
-        shared_negatives: Literal["popularity", "uniform"] = "popularity",
+        shared_negatives: Literal["popularity", "uniform"] | None = None,
         rank: int = 0,
         world_size: int = 1,
         sequences: JaggedSequences | None = None,
@@ -81,7 +81,7 @@ class NextItemTask:
         self.eval_batch_size = eval_batch_size
         self.valid_max_users = valid_max_users
         self.ks = tuple(ks)
-        self.shared_negatives = shared_negatives
+        self.shared_negatives = shared_negatives or self.loss_cfg.shared_negatives  # argument overrides the config
         self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir)
         self.num_items = _num_items(self.build_dir)
         seqs = self.seqs

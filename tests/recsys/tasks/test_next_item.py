@@ -166,6 +166,23 @@ def test_sampled_softmax_batch(build: Path) -> None:
     assert torch.allclose(batch["shared_neg_logq"].double(), torch.log(torch.from_numpy(probs[batch["shared_neg"].numpy()])))
 
 
+
+def test_sampled_softmax_uniform_negatives_from_the_loss_config(build: Path) -> None:
+    """loss.shared_negatives=uniform: ids cover 1..N evenly (not by popularity), log Q = -log N."""
+    cfg = LossConfig(kind="sampled_softmax", num_negatives=4000, shared_negatives="uniform")
+    task = NextItemTask(build, max_len=6, loss_cfg=cfg)
+    batch = next(task.train_batches(1, 8, torch.Generator().manual_seed(0)))
+    neg, n = batch["shared_neg"], task.num_items
+    assert int(neg.min()) >= 1 and int(neg.max()) <= n
+    assert torch.allclose(batch["shared_neg_logq"], torch.full((4000,), -np.log(n), dtype=torch.float32))
+    counts = torch.bincount(neg, minlength=n + 1)[1:].double()  # every id equally likely: chi-square test
+    chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+    assert chi2 < n - 1 + 5 * np.sqrt(2 * (n - 1)), chi2
+    popular = NextItemTask(build, max_len=6, loss_cfg=cfg.model_copy(update={"shared_negatives": "popularity"}))
+    pop = next(popular.train_batches(1, 8, torch.Generator().manual_seed(0)))["shared_neg"]
+    pop_counts = torch.bincount(pop, minlength=n + 1)[1:].double()
+    assert float(((pop_counts - pop_counts.mean()) ** 2 / pop_counts.mean()).sum()) > chi2  # the default is skewed
+
 def _reference_ranks(w: np.ndarray, seqs: list[list[int]], negs: dict[int, list[int]], split: str):
     """Per-user loops: full-ranking and sampled-100 0-based ranks, pessimistic ties."""
     full, sampled = [], []
