@@ -72,14 +72,11 @@ class SimHashInterest(nn.Module):
         if self.tau > 15:
             return self.codes(torch.cat(parts, dim=-1))
         bits = bits.view(torch.uint8)
-        if self.tau <= 8:
-            code = bits[..., 0].clone()
-            for b in range(1, self.tau):
-                code |= bits[..., b] << b
-        else:  # 9..15 bits: int16 codes (torch has no uint16 shifts on every build), same bits
-            code = bits[..., 0].to(torch.int16)
-            for b in range(1, self.tau):
-                code |= bits[..., b].to(torch.int16) << b
+        # 9..15 bits go to int16 (torch has no uint16 shifts on every build); same bits either way
+        dtype = torch.uint8 if self.tau <= 8 else torch.int16
+        code = bits[..., 0].to(dtype, copy=True)
+        for b in range(1, self.tau):
+            code |= bits[..., b].to(dtype) << b
         return code.view(*lead, self.num_signatures)  # [..., S]
 
     def forward(
