@@ -69,7 +69,8 @@ def run_one(model: str, dataset: str, seed: int, args: argparse.Namespace) -> di
     data = read_yaml(REPO / f"configs/experiments/{model}_{dataset}.yaml")
     data["data"]["build_dir"] = ensure_build(dataset)
     data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every,
-                         bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock, patience=args.patience)
+                         bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock,
+                         patience=args.patience)
     data["loss"] = {"kind": args.loss, **({"num_negatives": args.negatives} if args.loss == "sampled_softmax" else {})}
     data.update(output_dir=args.output_dir, seed=seed, name=f"{model}-{dataset}-{args.loss}-s{seed}")
     cfg = parse_experiment(data, f"{model}_{dataset}")

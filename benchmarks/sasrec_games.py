@@ -8,9 +8,11 @@ the best weights).
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --negatives 8        # not the paper's loss
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --batching random    # plain shuffled batches
+    .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --loss sampled_softmax --negatives 1000 \
+        --shared-negatives uniform --budget-clock process                               # not the paper's loss
 
 Results: benchmarks/results/sasrec_games.json (bucketed, BCE-1, query-only LN), otherwise
-sasrec_games_<batching>_neg<K>[_<norm>].json.
+sasrec_games_<batching>_neg<K>[_<norm>].json (BCE) or sasrec_games_<loss>[<M>_<negatives>][_<clock>clock].json.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negatives", type=int, default=1,
                     help="BCE: negatives per position (paper: 1); sampled_softmax: shared negatives per batch")
     ap.add_argument("--loss", choices=["bce", "sampled_softmax", "ce"], default="bce",
-                    help="bce = the paper's; sampled_softmax = shared popularity negatives with log-Q correction")
+                    help="bce = the paper's; sampled_softmax = shared negatives per batch (see --shared-negatives)")
     ap.add_argument("--shared-negatives", choices=["popularity", "uniform"], default="popularity",
                     help="sampled_softmax: popularity (log-Q corrected) or uniform shared negatives")
     ap.add_argument("--budget-clock", choices=["wall", "process"], default="wall",
@@ -60,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     data["loss"] = {"kind": args.loss, **({} if args.loss == "ce" else {"num_negatives": args.negatives})}
     if args.loss == "sampled_softmax":
         data["loss"]["shared_negatives"] = args.shared_negatives
-    variant = "" if (args.batching, args.negatives) == ("bucketed", 1) else f"_{args.batching}_neg{args.negatives}"
-    if args.loss != "bce":
-        variant = f"_{args.loss}" + ("" if args.loss == "ce" else f"{args.negatives}") + \
-            (f"_{args.shared_negatives}" if args.loss == "sampled_softmax" else "") + \
-            ("" if args.batching == "bucketed" else f"_{args.batching}")
+    if args.loss == "bce":  # the paper's loss keeps the names of the earlier result files
+        variant = "" if (args.batching, args.negatives) == ("bucketed", 1) else f"_{args.batching}_neg{args.negatives}"
+    else:
+        variant = f"_{args.loss}" + (f"{args.negatives}_{args.shared_negatives}" if args.loss == "sampled_softmax" else "")
+        variant += "" if args.batching == "bucketed" else f"_{args.batching}"
     if args.budget_clock != "wall":
         variant += f"_{args.budget_clock}clock"
     if args.norm != "query_only":
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                                     f"{' with log-Q correction' if args.shared_negatives == 'popularity' else ''} "
                                     f"(not the paper's BCE)",
                  "ce": "full-softmax cross-entropy (not the paper's BCE)"}[args.loss]
-    budget = (f"training budget {args.max_minutes} min on the {args.budget_clock} clock ({fit['epochs_run']} full epochs run, stop: {fit['stop_reason']}, "
-              f"best valid epoch {fit['best_epoch']}); paper trains 201 epochs")
+    budget = (f"training budget {args.max_minutes} min on the {args.budget_clock} clock ({fit['epochs_run']} full "
+              f"epochs run, stop: {fit['stop_reason']}, best valid epoch {fit['best_epoch']}); paper trains 201 epochs")
     base = (f"leave-one-out, test, best weights by valid full NDCG@10 (eval every {args.eval_every} epochs, valid on "
             f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss {loss_text}; batches "
             f"{'length-bucketed (seeded shuffle, stable sort by length, shuffled batch order)' if args.batching == 'bucketed' else 'random users'}; "

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -68,7 +68,6 @@ class NextItemTask:
         eval_batch_size: int = 256,
         valid_max_users: int | None = None,
         ks: tuple[int, ...] = DEFAULT_KS,
-        shared_negatives: Literal["popularity", "uniform"] | None = None,
         rank: int = 0,
         world_size: int = 1,
         sequences: JaggedSequences | None = None,
@@ -81,7 +80,6 @@ class NextItemTask:
         self.eval_batch_size = eval_batch_size
         self.valid_max_users = valid_max_users
         self.ks = tuple(ks)
-        self.shared_negatives = shared_negatives or self.loss_cfg.shared_negatives  # argument overrides the config
         self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir)
         self.num_items = _num_items(self.build_dir)
         seqs = self.seqs
@@ -149,7 +147,7 @@ class NextItemTask:
             batch["neg"] = neg.masked_fill((pos_t == 0).unsqueeze(-1), 0)  # [B,n,K]
         elif kind == "sampled_softmax":
             m = self.loss_cfg.num_negatives
-            if self.shared_negatives == "uniform":
+            if self.loss_cfg.shared_negatives == "uniform":
                 shared = torch.randint(1, self.num_items + 1, (m,), generator=generator)
                 logq = torch.full((m,), -math.log(self.num_items))
             else:
