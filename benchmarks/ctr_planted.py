@@ -10,11 +10,11 @@ Same budget for every model: Adam, `--epochs` epochs, batch `--batch-size`, the 
 batches (the batch order depends only on seed and epoch), test metrics at the epoch with the best
 validation AUC. The learning rate of each model is chosen on VALIDATION AUC of the first seed from
 the common grid `--lr-grid` (test metrics of the other grid points are never looked at); SDIM's tau
-(the paper's ablation 1, 2, 3, 5, 10; m = 48, or the next multiple of tau) is chosen the same way at
-SDIM's chosen learning rate. Later seeds re-initialise the models and reshuffle the batches with the
+(the paper's ablation 1, 2, 3, 5, 10; m = `--sdim-hashes`, default the paper's 48, rounded up to a
+multiple of tau) is chosen the same way at SDIM's chosen learning rate. Later seeds re-initialise the models and reshuffle the batches with the
 chosen settings (the data set is fixed).
 Models: DIN (recent 50), TWIN (soft search, top-20, one table), DARE (decoupled tables, top-20),
-SDIM (m = 48, tau = 3 unless the ablation picks another, short-term 16), and two references for SDIM
+SDIM (m = 48 by default, tau = 3 unless the ablation picks another, short-term 16), and two references for SDIM
 over the WHOLE history with DIN's embeddings and head: `din_mlp_full` = DIN's learnable MLP
 attention unit (the SDIM paper's "DIN (long seq)", the reference of both its AUC and its speed claim)
 and `full_attn` = scaled dot-product softmax target attention (a second, cheaper reference).
@@ -68,9 +68,12 @@ SDIM_REFERENCES = {
 }
 
 
-def sdim_spec(tau: int) -> dict:
-    """SDIM with `tau` bits per signature and m = 48 hashes (the next multiple of tau when 48 is not one)."""
-    return {"name": "sdim", "tau": tau, "num_hashes": -(-48 // tau) * tau}
+def sdim_spec(tau: int, hashes: int = 48, target_products: bool = False) -> dict:
+    """SDIM with `tau` bits per signature and m = `hashes` hash functions (the paper's 48 by default), rounded up
+    to the next multiple of tau so that every signature has tau bits; `target_products` gives its head the
+    [v_t, u, v_t * u] form of the references' DIN head (the paper's head is the plain concatenation)."""
+    spec = {"name": "sdim", "tau": tau, "num_hashes": -(-hashes // tau) * tau}
+    return spec | ({"target_products": True} if target_products else {})
 
 
 def train_and_eval(task: CTRTask, spec: dict, num_cats: int, args: argparse.Namespace, seed: int,
@@ -208,6 +211,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr-grid", default="0.003,0.01", help="lr chosen per model on seed 0 validation AUC")
     p.add_argument("--sdim-taus", default="1,2,3,5,10", help="SDIM tau ablation on seed 0 validation AUC ('' = 3)")
+    p.add_argument("--sdim-hashes", type=int, default=48,
+                   help="SDIM m (hash functions; the paper's 48, flat beyond it at tau 3), rounded up to a multiple of tau")
+    p.add_argument("--sdim-target-products", action="store_true",
+                   help="SDIM head also sees v_t * long and v_t * short, as the references' DIN head sees v_t * u")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--models", default=DEFAULT_MODELS)
     p.add_argument("--speed-steps", type=int, default=5)
@@ -232,6 +239,8 @@ def main() -> None:
     names = args.models.split(",")
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_planted --epochs {args.epochs} "
                f"--batch-size {args.batch_size} --lr-grid {args.lr_grid} --sdim-taus '{args.sdim_taus}' "
+               + (f"--sdim-hashes {args.sdim_hashes} " if args.sdim_hashes != 48 else "")
+               + ("--sdim-target-products " if args.sdim_target_products else "") +
                f"--seeds {args.seeds} --models {args.models} --out {args.out}")
     budget = (f"same budget for all models: Adam, {args.epochs} epochs, batch {args.batch_size}, length-bucketed batches "
               f"(same for all models), lr per model from {grid} on seed {seeds[0]} validation AUC, test at the "
@@ -264,7 +273,10 @@ def main() -> None:
 
     # 1. learning rate per model on the first seed's validation AUC (test of non-chosen points unused)
     chosen_lr: dict[str, float] = {}
-    specs = {n: (sdim_spec(3) if n == "sdim" else MODELS[n]) for n in names}
+    def sdim(tau: int) -> dict:
+        return sdim_spec(tau, args.sdim_hashes, args.sdim_target_products)
+
+    specs = {n: (sdim(3) if n == "sdim" else MODELS[n]) for n in names}
     valid_grid = {n: {} for n in names}
     for lr in grid:  # lr-major: a complete table per grid point lands first
         for n in names:
@@ -277,13 +289,13 @@ def main() -> None:
                                  f"chosen lr {chosen_lr[n]}; {budget}"))
     # 2. SDIM tau ablation (paper: 1, 2, 3, 5, 10) at SDIM's chosen lr, on validation AUC
     if "sdim" in names:
-        valid_tau = {t: run("sdim", sdim_spec(t), seeds[0], chosen_lr["sdim"])["valid_auc"] for t in taus}
+        valid_tau = {t: run("sdim", sdim(t), seeds[0], chosen_lr["sdim"])["valid_auc"] for t in taus}
         best_tau = max(taus, key=lambda t: valid_tau[t])
-        specs["sdim"] = sdim_spec(best_tau)
+        specs["sdim"] = sdim(best_tau)
         rows.append(row(name="ctr_planted", model="sdim", dataset=data, metric="tau_ablation/best_valid_auc",
                         value=valid_tau[best_tau], seed=seeds[0], command=command,
                         protocol=f"validation AUC (best epoch) per tau {json.dumps({str(k): round(v, 4) for k, v in valid_tau.items()})} "
-                                 f"(m = 48 or the next multiple of tau), lr {chosen_lr['sdim']}; chosen tau {best_tau}; "
+                                 f"(m = {args.sdim_hashes} or the next multiple of tau), lr {chosen_lr['sdim']}; chosen tau {best_tau}; "
                                  f"{budget}"))
     write_rows(args.out, rows)
 
@@ -295,6 +307,7 @@ def main() -> None:
         for n in names:
             res = results[n] = run(n, specs[n], seed, chosen_lr[n])
             setting = f"lr {chosen_lr[n]}" + (f", tau {specs[n]['tau']}, m {specs[n]['num_hashes']}" if n == "sdim" else "")
+            setting += ", head [v_t, long, short, v_t*long, v_t*short]" if specs[n].get("target_products") else ""
             for metric in ("auc", "gauc", "logloss"):
                 per_seed[n].setdefault(f"test/{metric}", []).append(res[metric])
                 rows.append(row(name="ctr_planted", model=n, dataset=data, metric=f"test/{metric}", value=res[metric],

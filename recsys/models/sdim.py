@@ -6,7 +6,9 @@ attention, with the BSE serving split.
   sum of the behaviour embeddings in the candidate's bucket, l2-normalised, mean over signatures.
 - Short-term: FuxiCTR's multi-head target attention over the `short_len` most recent behaviours
   (16 on Taobao in the paper).
-- Head: [v_t, long, short] -> BN -> MLP -> 1, BCE.
+- Head: [v_t, long, short] -> BN -> MLP -> 1, BCE (the paper's plain concatenation). With
+  `target_products` the head also sees v_t * long and v_t * short: the [v_t, u, v_t * u] input of the
+  DIN / DARE heads here, so that a comparison with them differs only in how the interest is pooled.
 Behaviours are embedded as item ‖ category WITHOUT a position field: the bucket table must not
 change when the history grows, so that appending is add-new / subtract-evicted (BSE).
 State: `table` [S, 2^tau, d] plus the ids (needed only to subtract evicted behaviours and to
@@ -36,6 +38,7 @@ class SDIMConfig(StrictModel):
     attention_dim: int = 64
     num_heads: int = 2
     head_hidden: list[int] = [200, 80]
+    target_products: bool = False  # head input += v_t * long, v_t * short (as the DIN / DARE heads' v_t * u)
     init_std: float = 0.01
 
 
@@ -46,7 +49,7 @@ class SDIM(CTRModel):
         self.emb = BehaviourEmbedding(num_items, num_categories, cfg.item_dim, cfg.cat_dim, pos_dim=0)
         e = self.emb.dim
         self.short = MultiHeadTargetAttention(e, cfg.attention_dim, cfg.num_heads)
-        self.head = CTRHead(3 * e, cfg.head_hidden)
+        self.head = CTRHead((5 if cfg.target_products else 3) * e, cfg.head_hidden)
         init_normal_(self, cfg.init_std)
         # created after init_normal_ so nothing touches the frozen projections
         self.hashing = SimHashInterest(e, cfg.num_hashes, cfg.tau, cfg.hash_seed)
@@ -67,7 +70,12 @@ class SDIM(CTRModel):
         vt = self.emb.target(batch["target_items"], batch["target_cats"])[:, None, :]  # [B,1,E]
         long = self.hashing(fields, lengths, vt)  # [B,1,E]
         short = self._short(vt, items, cats, lengths)  # [B,1,E]
-        return self.head(torch.cat([vt, long, short], dim=-1)[:, 0]), None
+        return self.head(self._head_input(vt, long, short)[:, 0]), None
+
+    def _head_input(self, vt: torch.Tensor, long: torch.Tensor, short: torch.Tensor) -> torch.Tensor:
+        """[..., E] x 3 -> the head's input [..., 3E] (or [..., 5E] with `target_products`)."""
+        parts = [vt, long, short] + ([vt * long, vt * short] if self.cfg.target_products else [])
+        return torch.cat(parts, dim=-1)
 
     # --- BSE serving split ----------------------------------------------------------------------
     def encode_user(self, hist_items: torch.Tensor, hist_cats: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -92,4 +100,4 @@ class SDIM(CTRModel):
         long = self.hashing.gather(state["table"][None], vt)  # [1,C,E]
         lengths = torch.tensor([state["items"].shape[0]], device=ci.device)
         short = self._short(vt, state["items"][None], state["cats"][None], lengths)  # [1,C,E]
-        return self.head(torch.cat([vt, long, short], dim=-1)[0])
+        return self.head(self._head_input(vt, long, short)[0])

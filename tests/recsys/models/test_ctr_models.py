@@ -22,6 +22,9 @@ VARIANTS = {
     "dare": {"name": "dare", "pos_dim": 3, "attention_item_dim": 3, "attention_cat_dim": 2, "attention_pos_dim": 2,
              "top_k": 5, "use_aux_loss": True, "aux_hidden": [8], **SMALL},
     "sdim": {"name": "sdim", "num_hashes": 12, "tau": 3, "short_len": 4, "attention_dim": 8, **SMALL},
+    # the head also sees v_t * long and v_t * short (the DIN / DARE head input form)
+    "sdim_products": {"name": "sdim", "num_hashes": 12, "tau": 3, "short_len": 4, "attention_dim": 8,
+                      "target_products": True, **SMALL},
 }
 
 
@@ -237,7 +240,7 @@ def test_weights_save_and_reload_identically(variant: str, tmp_path: Path) -> No
     model = make(variant).eval()
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
     torch.manual_seed(123)
-    other = build_model(parse_model_config(dict(VARIANTS[variant], hash_seed=9) if variant == "sdim"
+    other = build_model(parse_model_config(dict(VARIANTS[variant], hash_seed=9) if variant.startswith("sdim")
                                            else dict(VARIANTS[variant])), N_ITEMS, N_CATS).eval()
     other.load_state_dict(load_file(str(tmp_path / "w.safetensors")))
     batch = make_batch()
