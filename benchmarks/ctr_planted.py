@@ -11,10 +11,12 @@ batches (the batch order depends only on seed and epoch), test metrics at the ep
 validation AUC. The learning rate of each model is chosen on VALIDATION AUC of the first seed from
 the common grid `--lr-grid` (test metrics of the other grid points are never looked at); SDIM's tau
 (the paper's ablation 1, 2, 3, 5, 10; m = `--sdim-hashes`, default the paper's 48, rounded up to a
-multiple of tau) is chosen the same way at SDIM's chosen learning rate. Later seeds re-initialise the models and reshuffle the batches with the
-chosen settings (the data set is fixed).
+multiple of tau) is chosen the same way at SDIM's chosen learning rate. Later seeds re-initialise the
+models and reshuffle the batches with the chosen settings (the data set is fixed).
 Models: DIN (recent 50), TWIN (soft search, top-20, one table), DARE (decoupled tables, top-20),
-SDIM (m = 48 by default, tau = 3 unless the ablation picks another, short-term 16), and two references for SDIM
+SDIM (m = 48 by default, tau = 3 unless the ablation picks another, short-term 16; the paper's head
+[v_t, long, short], or with `--sdim-target-products` the references' [v_t, u, v_t * u] form, so that
+SDIM and its references differ only in how the long-term interest is pooled), and two references for SDIM
 over the WHOLE history with DIN's embeddings and head: `din_mlp_full` = DIN's learnable MLP
 attention unit (the SDIM paper's "DIN (long seq)", the reference of both its AUC and its speed claim)
 and `full_attn` = scaled dot-product softmax target attention (a second, cheaper reference).
@@ -212,7 +214,7 @@ def main() -> None:
     p.add_argument("--lr-grid", default="0.003,0.01", help="lr chosen per model on seed 0 validation AUC")
     p.add_argument("--sdim-taus", default="1,2,3,5,10", help="SDIM tau ablation on seed 0 validation AUC ('' = 3)")
     p.add_argument("--sdim-hashes", type=int, default=48,
-                   help="SDIM m (hash functions; the paper's 48, flat beyond it at tau 3), rounded up to a multiple of tau")
+                   help="SDIM m (hash functions; paper: 48, flat beyond it at tau 3), rounded up to a multiple of tau")
     p.add_argument("--sdim-target-products", action="store_true",
                    help="SDIM head also sees v_t * long and v_t * short, as the references' DIN head sees v_t * u")
     p.add_argument("--seeds", default="0,1,2")
@@ -271,11 +273,11 @@ def main() -> None:
             logging.info("%s seed %d lr %g: %s", name, seed, lr, json.dumps(res))
         return res
 
-    # 1. learning rate per model on the first seed's validation AUC (test of non-chosen points unused)
-    chosen_lr: dict[str, float] = {}
     def sdim(tau: int) -> dict:
         return sdim_spec(tau, args.sdim_hashes, args.sdim_target_products)
 
+    # 1. learning rate per model on the first seed's validation AUC (test of non-chosen points unused)
+    chosen_lr: dict[str, float] = {}
     specs = {n: (sdim(3) if n == "sdim" else MODELS[n]) for n in names}
     valid_grid = {n: {} for n in names}
     for lr in grid:  # lr-major: a complete table per grid point lands first

@@ -22,10 +22,9 @@ VARIANTS = {
     "dare": {"name": "dare", "pos_dim": 3, "attention_item_dim": 3, "attention_cat_dim": 2, "attention_pos_dim": 2,
              "top_k": 5, "use_aux_loss": True, "aux_hidden": [8], **SMALL},
     "sdim": {"name": "sdim", "num_hashes": 12, "tau": 3, "short_len": 4, "attention_dim": 8, **SMALL},
-    # the head also sees v_t * long and v_t * short (the DIN / DARE head input form)
-    "sdim_products": {"name": "sdim", "num_hashes": 12, "tau": 3, "short_len": 4, "attention_dim": 8,
-                      "target_products": True, **SMALL},
 }
+# the head also sees v_t * long and v_t * short (the DIN / DARE head input form)
+VARIANTS["sdim_products"] = {**VARIANTS["sdim"], "target_products": True}
 
 
 def make(variant: str, num_categories: int = N_CATS):
