@@ -80,14 +80,17 @@ class SimHashInterest(nn.Module):
         return code.view(*lead, self.num_signatures)  # [..., S]
 
     def forward(
-        self, history: torch.Tensor | tuple[torch.Tensor, ...], lengths: torch.Tensor, candidates: torch.Tensor
+        self, history: torch.Tensor | tuple[torch.Tensor, ...], lengths: torch.Tensor, candidates: torch.Tensor,
+        history_codes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """End to end (collision form): history [B,L,d] (or a tuple of field tensors [B,L,d_k] whose
-        concatenation is the behaviour embedding), lengths [B], candidates [B,C,d] -> [B,C,d]."""
+        concatenation is the behaviour embedding), lengths [B], candidates [B,C,d] -> [B,C,d].
+        `history_codes` [B,L,S] = `small_codes(history)` when the caller has them already (SDIM hashes
+        each distinct behaviour id once instead of every position)."""
         parts = (history,) if isinstance(history, torch.Tensor) else tuple(history)
         b, l = parts[0].shape[:2]
         c = candidates.shape[1]
-        hc = self.small_codes(parts).transpose(1, 2)  # [B,S,L]
+        hc = (self.small_codes(parts) if history_codes is None else history_codes).transpose(1, 2)  # [B,S,L]
         qc = self.small_codes(candidates)  # [B,C,S]
         s = hc.shape[1]
         valid = torch.arange(l, device=lengths.device)[None, :] < lengths[:, None]  # [B,L]

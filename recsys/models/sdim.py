@@ -68,9 +68,22 @@ class SDIM(CTRModel):
         # behaviour fields kept apart (no [B,L,E] concatenation copy; the hashing sums them per field)
         fields = (self.emb.item(items),) + ((self.emb.cat(cats),) if self.emb.cat is not None else ())  # [B,L,d_k]
         vt = self.emb.target(batch["target_items"], batch["target_cats"])[:, None, :]  # [B,1,E]
-        long = self.hashing(fields, lengths, vt)  # [B,1,E]
+        long = self.hashing(fields, lengths, vt, self._history_codes(items, cats))  # [B,1,E]
         short = self._short(vt, items, cats, lengths)  # [B,1,E]
         return self.head(self._head_input(vt, long, short)[:, 0]), None
+
+    def _history_codes(self, items: torch.Tensor, cats: torch.Tensor | None) -> torch.Tensor:
+        """Bucket codes [B,L,S] of the behaviours, hashed once per distinct (item, category) id in the
+        batch: a behaviour's codes depend only on its ids, and the [B*L, d] x [d, m] projection was the
+        step's cost that grew with m (0.14 of 0.29 s at m = 200, L = 1,024, batch 256)."""
+        key = items if self.emb.cat is None else items * self.emb.cat.num_embeddings + cats
+        uniq, inverse = torch.unique(key, return_inverse=True)  # [U], [B,L]
+        if self.emb.cat is None:
+            fields = (self.emb.item(uniq),)
+        else:
+            n = self.emb.cat.num_embeddings
+            fields = (self.emb.item(uniq // n), self.emb.cat(uniq % n))
+        return self.hashing.small_codes(fields)[inverse]  # [B,L,S]
 
     def _head_input(self, vt: torch.Tensor, long: torch.Tensor, short: torch.Tensor) -> torch.Tensor:
         """[..., E] x 3 -> the head's input [..., 3E] (or [..., 5E] with `target_products`)."""

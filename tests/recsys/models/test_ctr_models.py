@@ -269,3 +269,14 @@ def test_paper_configs_parse_and_build(name: str) -> None:
         assert model.hashing.num_signatures == 16 and model.hashing.num_buckets == 8
     if name == "dare":
         assert model.top_k == 20
+
+
+@pytest.mark.parametrize("num_categories", [N_CATS, 0])
+def test_sdim_history_codes_per_distinct_id_equal_per_position_codes(num_categories: int) -> None:
+    model = make("sdim", num_categories)
+    batch = make_batch()
+    items, cats = batch["hist_items"], batch["hist_cats"] if num_categories else None
+    fields = (model.emb.item(items),) + ((model.emb.cat(cats),) if num_categories else ())
+    per_position = model.hashing.small_codes(fields)  # [B,L,S]
+    per_id = model._history_codes(items, cats)
+    assert per_id.dtype == per_position.dtype and torch.equal(per_id, per_position)
