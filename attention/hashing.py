@@ -17,7 +17,9 @@ bits packed into uint8 codes with byte shifts. The scatter-add table (`kernels.o
 builds all S * 2**tau sums and its backward is a gather over [B*L*S] rows; with int64 code arithmetic
 the old training step took ~1.5 s at L=1,024, batch 256 (torch.profiler; 1.2 s at batch 128 in
 the first sdim_speed table) against 0.08-0.14 s now (benchmarks/results/sdim_speed.json).
-Both forms give the same numbers up to float summation order (tested).
+Both forms give the same numbers up to float summation order (tested). A caller that knows the
+behaviour ids can pass `history_codes` to `forward`: SDIM hashes each distinct id of a batch once,
+so the projection costs O(distinct ids x m) instead of O(B x L x m).
 """
 
 from __future__ import annotations
