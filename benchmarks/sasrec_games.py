@@ -8,6 +8,8 @@ the best weights).
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --negatives 8        # not the paper's loss
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --batching random    # plain shuffled batches
+    .venv/bin/python -m benchmarks.sasrec_games --max-minutes 45 --epochs 201 --budget-clock process \
+        --reduction epoch_mean --seeds 0,1,2                                             # the paper's budget, 3 seeds
     .venv/bin/python -m benchmarks.sasrec_games --max-minutes 10 --loss sampled_softmax --negatives 1000 \
         --shared-negatives uniform --budget-clock process                               # not the paper's loss
 
@@ -22,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.train_speed import REPO, ensure_games_build
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds run one after another; rows give the mean (per-seed values and "
+                         "std in the protocol); overrides --seed")
     ap.add_argument("--norm", choices=["query_only", "pre_ln"], default="query_only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batching", choices=["bucketed", "random"], default="bucketed",
@@ -45,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="bce = the paper's; sampled_softmax = shared negatives per batch (see --shared-negatives)")
     ap.add_argument("--shared-negatives", choices=["popularity", "uniform"], default="popularity",
                     help="sampled_softmax: popularity (log-Q corrected) or uniform shared negatives")
+    ap.add_argument("--reduction", choices=["batch_mean", "epoch_mean"], default="batch_mean",
+                    help="loss over a batch: mean over its positions (papers' code) or sum over a constant "
+                         "(every position weighs the same across the epoch; recsys/losses.py)")
     ap.add_argument("--budget-clock", choices=["wall", "process"], default="wall",
                     help="process = the run's CPU time (a shared machine does not shrink the budget)")
     ap.add_argument("--output-dir", default=str(REPO / "runs" / "bench"))
@@ -53,13 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.config import read_yaml
     from recsys.experiment import parse_experiment, run_experiment
 
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     ensure_games_build()
     data = read_yaml(REPO / "configs/experiments/sasrec_games.yaml")
     data["data"]["build_dir"] = str(REPO / "runs/games/build")
     data["model"]["norm"] = args.norm
     data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every, patience=None,
                          bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock)
-    data["loss"] = {"kind": args.loss, **({} if args.loss == "ce" else {"num_negatives": args.negatives})}
+    data["loss"] = {"kind": args.loss, "reduction": args.reduction,
+                    **({} if args.loss == "ce" else {"num_negatives": args.negatives})}
     if args.loss == "sampled_softmax":
         data["loss"]["shared_negatives"] = args.shared_negatives
     if args.loss == "bce":  # the paper's loss keeps the names of the earlier result files
@@ -67,26 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         variant = f"_{args.loss}" + (f"{args.negatives}_{args.shared_negatives}" if args.loss == "sampled_softmax" else "")
         variant += "" if args.batching == "bucketed" else f"_{args.batching}"
+    if args.reduction != "batch_mean":
+        variant += f"_{args.reduction}"
     if args.budget_clock != "wall":
         variant += f"_{args.budget_clock}clock"
     if args.norm != "query_only":
         variant += f"_{args.norm}"
-    data.update(output_dir=args.output_dir, seed=args.seed,
-                name=f"sasrec-games-{args.norm}-{args.batching}-{args.loss}-neg{args.negatives}-{args.shared_negatives}-"
-                     f"{args.budget_clock}-s{args.seed}")
-    cfg = parse_experiment(data, "sasrec_games")
-    run_dir = run_experiment(cfg, resume=False)
-    ev = json.loads((run_dir / "eval.json").read_text())
-    log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    full_epochs = [r for r in log if not r["partial_epoch"]]
-    sec_per_epoch = sum(r["train/seconds"] for r in full_epochs) / max(len(full_epochs), 1)
-    elapsed, time_to_bar = 0.0, None
-    for r in log:
-        elapsed += r["train/seconds"]
-        if r.get("valid/sampled100/ndcg@10", 0) >= BAR_NDCG and r.get("valid/sampled100/hr@10", 0) >= BAR_HR:
-            time_to_bar = elapsed
-            break
-    fit = ev["fit"]
+    if args.seeds:
+        variant += "_seeds" + "-".join(map(str, seeds))
+
+    runs = []
+    for seed in seeds:
+        data.update(output_dir=args.output_dir, seed=seed,
+                    name=f"sasrec-games-{args.norm}-{args.batching}-{args.loss}-neg{args.negatives}-{args.shared_negatives}-"
+                         f"{args.budget_clock}{'' if args.reduction == 'batch_mean' else '-' + args.reduction}-s{seed}")
+        run_dir = run_experiment(parse_experiment(dict(data), "sasrec_games"), resume=False)
+        runs.append(summarise_run(run_dir))
+        print(f"seed {seed}: test sampled-100 NDCG@10 {runs[-1]['test/sampled100/ndcg@10']:.4f} "
+              f"HR@10 {runs[-1]['test/sampled100/hr@10']:.4f}", flush=True)
+
     loss_text = {"bce": f"BCE with {args.negatives} negative(s) per position"
                         + (" (paper)" if args.negatives == 1 else " (paper: 1)"),
                  "sampled_softmax": f"sampled softmax over {args.negatives} shared {args.shared_negatives}-sampled "
@@ -94,36 +104,66 @@ def main(argv: list[str] | None = None) -> int:
                                     f"{' with log-Q correction' if args.shared_negatives == 'popularity' else ''} "
                                     f"(not the paper's BCE)",
                  "ce": "full-softmax cross-entropy (not the paper's BCE)"}[args.loss]
-    budget = (f"training budget {args.max_minutes} min on the {args.budget_clock} clock ({fit['epochs_run']} full "
-              f"epochs run, stop: {fit['stop_reason']}, best valid epoch {fit['best_epoch']}); paper trains 201 epochs")
+    reduction_text = ("mean over the batch's positions (paper)" if args.reduction == "batch_mean" else
+                      "summed over the batch's positions / mean positions per batch (epoch_mean)")
+    fits = [x["fit"] for x in runs]
+    one = lambda key: fits[0][key] if len(fits) == 1 else [f[key] for f in fits]  # noqa: E731
+    budget = (f"training budget {args.max_minutes} min on the {args.budget_clock} clock ({one('epochs_run')} full "
+              f"epochs run, stop: {one('stop_reason')}, best valid epoch {one('best_epoch')}); paper trains 201 epochs")
     base = (f"leave-one-out, test, best weights by valid full NDCG@10 (eval every {args.eval_every} epochs, valid on "
-            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss {loss_text}; batches "
+            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss {loss_text}, {reduction_text}; batches "
             f"{'length-bucketed (seeded shuffle, stable sort by length, shuffled batch order)' if args.batching == 'bucketed' else 'random users'}; "
             f"{budget}; torch threads {args.threads}")
     cmd = ".venv/bin/python -m benchmarks.sasrec_games " + " ".join(argv if argv is not None else sys.argv[1:])
     from benchmarks.results import row, write_rows
 
-    def r(metric: str, value, protocol: str, reference=None):
+    def r(metric: str, key: str, protocol: str, reference=None):
+        values = [x[key] for x in runs]
+        if len(values) == 1:
+            value = values[0]
+        elif any(v is None for v in values):
+            value, protocol = None, f"per seed {values} (None in a seed: no mean), {protocol}"
+        else:
+            value = float(np.mean(values))
+            per_seed = ", ".join(f"{v:.4f}" for v in values)
+            protocol = (f"mean +- {float(np.std(values)):.4f} (population std) over seeds {seeds} "
+                        f"(per seed {per_seed}), {protocol}")
         ratio = None if reference is None or value is None else value / reference
         return row(name="sasrec_games", model="sasrec", dataset="amazon-games (SASRec paper Video.txt)",
                    protocol=protocol, metric=metric, value=value, reference=reference, ratio=ratio,
-                   seed=args.seed, command=cmd.strip())
+                   seed=seeds[0] if len(seeds) == 1 else ",".join(map(str, seeds)), command=cmd.strip())
 
     s100 = "sampled-100 (true item + 100 persisted negatives), " + base
     full = "full ranking over all items, history excluded, " + base
     rows = [
-        r("ndcg@10", ev["test/sampled100/ndcg@10"], s100, BAR_NDCG),
-        r("hr@10", ev["test/sampled100/hr@10"], s100, BAR_HR),
-        r("ndcg@10", ev["test/full/ndcg@10"], full),
-        r("hr@10", ev["test/full/hr@10"], full),
-        r("seconds_per_epoch", sec_per_epoch, "training only, " + base),
-        r("time_to_bar_s", time_to_bar, "training seconds until valid sampled-100 NDCG@10>=0.536 and HR@10>=0.741 "
+        r("ndcg@10", "test/sampled100/ndcg@10", s100, BAR_NDCG),
+        r("hr@10", "test/sampled100/hr@10", s100, BAR_HR),
+        r("ndcg@10", "test/full/ndcg@10", full),
+        r("hr@10", "test/full/hr@10", full),
+        r("seconds_per_epoch", "sec_per_epoch", "training only, " + base),
+        r("time_to_bar_s", "time_to_bar", "training seconds until valid sampled-100 NDCG@10>=0.536 and HR@10>=0.741 "
           "(None = not reached), " + base, 600.0),
     ]
     for x in rows:
         print(f"{x['metric']:>18s} = {x['value']}  [{x['protocol']}]")
     print(f"wrote {write_rows(f'sasrec_games{variant}', rows)}")
     return 0
+
+
+def summarise_run(run_dir: Path) -> dict:
+    """Test metrics (eval.json), fit summary, mean wall seconds per full epoch and time-to-bar
+    (training seconds until VALID sampled-100 reaches both bars) of one finished run."""
+    ev = json.loads((run_dir / "eval.json").read_text())
+    log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    full_epochs = [r for r in log if not r["partial_epoch"]]
+    elapsed, time_to_bar = 0.0, None
+    for r in log:
+        elapsed += r["train/seconds"]
+        if r.get("valid/sampled100/ndcg@10", 0) >= BAR_NDCG and r.get("valid/sampled100/hr@10", 0) >= BAR_HR:
+            time_to_bar = elapsed
+            break
+    return {**ev, "sec_per_epoch": sum(r["train/seconds"] for r in full_epochs) / max(len(full_epochs), 1),
+            "time_to_bar": time_to_bar}
 
 
 if __name__ == "__main__":

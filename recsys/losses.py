@@ -12,6 +12,15 @@ positions (pos != 0) and never score the padding row 0:
   the sampling probability), which makes Σ_neg exp(logit) an unbiased estimate of the full
   softmax's denominator; a negative equal to the position's positive ("accidental hit") or to
   padding is masked out.
+
+Reduction (LossConfig.reduction): "batch_mean" (default, the papers' code) averages over the
+batch's valid positions, so every batch weighs the same whatever its number of positions;
+"epoch_mean" multiplies that mean by batch["loss_scale"] = V_batch / (mean valid positions per
+batch over the epoch), i.e. the batch's sum over positions divided by a constant, so every training
+position weighs the same across the epoch however the batches are formed. With randomly mixed
+batches the two agree in expectation; with length-bucketed batches (NextItemTask) "batch_mean"
+up-weights the positions of short users (a batch of 128 three-item users has ~2 positions per
+user, a batch of long users 50) and "epoch_mean" restores the random-batch objective.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ class LossConfig(StrictModel):
     #: frequencies, with log-Q correction an estimate of the full softmax: the full-ranking objective)
     #: or "uniform" over all items (the distribution of the sampled-100 protocol's negatives)
     shared_negatives: Literal["popularity", "uniform"] = "popularity"
+    #: "batch_mean" or "epoch_mean" (every position weighs the same across the epoch), module doc
+    reduction: Literal["batch_mean", "epoch_mean"] = "batch_mean"
 
 
 def _require(batch: Batch, key: str, kind: str) -> torch.Tensor:
@@ -91,9 +102,13 @@ def next_item_loss(hidden: torch.Tensor, item_table: torch.Tensor, batch: Batch,
     if not bool((pos != 0).any()):
         raise ValueError("batch['pos'] has no valid position (all 0)")
     if cfg.kind == "bce":
-        return bce_loss(hidden, item_table, pos, _require(batch, "neg", cfg.kind))
-    if cfg.kind == "ce":
-        return ce_loss(hidden, item_table, pos)
-    shared = _require(batch, "shared_neg", cfg.kind)
-    logq = _require(batch, "shared_neg_logq", cfg.kind) if cfg.logq_correction else None
-    return sampled_softmax_loss(hidden, item_table, pos, shared, logq)
+        loss = bce_loss(hidden, item_table, pos, _require(batch, "neg", cfg.kind))
+    elif cfg.kind == "ce":
+        loss = ce_loss(hidden, item_table, pos)
+    else:
+        shared = _require(batch, "shared_neg", cfg.kind)
+        logq = _require(batch, "shared_neg_logq", cfg.kind) if cfg.logq_correction else None
+        loss = sampled_softmax_loss(hidden, item_table, pos, shared, logq)
+    if cfg.reduction == "epoch_mean":
+        loss = loss * _require(batch, "loss_scale", f"{cfg.kind} with reduction 'epoch_mean'").to(loss.dtype)
+    return loss

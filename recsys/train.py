@@ -73,7 +73,8 @@ class TrainConfig(StrictModel):
     #: update the progress bar (loss, samples/s) every this many steps
     log_every: int = Field(20, ge=1)
     #: batch samples of similar length together (passed to the task's train_batches, which must
-    #: accept `bucket_by_length`); a speed option for padded sequences, see NextItemTask
+    #: accept `bucket_by_length`); a speed option for padded sequences. With a per-batch mean loss it
+    #: also re-weights positions; use loss.reduction "epoch_mean" to keep the objective (NextItemTask)
     bucket_by_length: bool = False
 
 

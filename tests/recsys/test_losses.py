@@ -80,3 +80,14 @@ def test_gradient_reaches_table_not_pad_row() -> None:
         assert table.grad[0].item() == 0.0 and table.grad[1:].abs().sum() > 0, kind
         assert hidden.grad[0, 2].item() == 0.0, kind  # invalid position gets nothing
         table.grad = hidden.grad = None
+
+
+def test_epoch_mean_reduction_scales_the_batch_mean() -> None:
+    neg = torch.tensor([[[3], [2], [1]]])
+    cfg = LossConfig(kind="bce", reduction="epoch_mean")
+    mean = next_item_loss(HIDDEN, TABLE, {"pos": POS, "neg": neg}, LossConfig(kind="bce"))
+    # 2 valid positions, the epoch's mean is 4 per batch: the batch's sum over positions / 4
+    scaled = next_item_loss(HIDDEN, TABLE, {"pos": POS, "neg": neg, "loss_scale": torch.tensor(0.5)}, cfg)
+    assert float(scaled) == pytest.approx(float(mean) * 2 / 4, rel=1e-6)
+    with pytest.raises(KeyError, match="loss_scale"):
+        next_item_loss(HIDDEN, TABLE, {"pos": POS, "neg": neg}, cfg)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsys.data import schema
@@ -264,3 +265,30 @@ def test_bucket_by_length_same_rows_fewer_padded_columns(build: Path) -> None:
         return float(np.mean([max(x) - min(x) for x in lens]))
 
     assert spread(bucketed) < spread(plain)
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_epoch_mean_reduction_weighs_every_position_the_same(build: Path, bucket: bool) -> None:
+    """loss_scale = batch positions / (batch_size x mean positions per row): over an epoch the scales
+    sum to the epoch's batch count (a full epoch's positions / positions per nominal batch), and each
+    batch's scaled BCE equals its sum over positions divided by the same constant."""
+    cfg = LossConfig(kind="bce", reduction="epoch_mean")
+    task = NextItemTask(build, max_len=12, loss_cfg=cfg)
+    batch_size = 8
+    batches = list(task.train_batches(1, batch_size, torch.Generator().manual_seed(3), bucket_by_length=bucket))
+    positions = [int((b["pos"] != 0).sum()) for b in batches]
+    assert sum(positions) == pytest.approx(len(task.train_rows) * task.mean_positions)
+    per_batch = batch_size * task.mean_positions
+    for b, v in zip(batches, positions):
+        assert float(b["loss_scale"]) == pytest.approx(v / per_batch)
+    torch.manual_seed(0)
+    table = torch.randn(task.num_items + 1, 4)
+    hidden = torch.randn(*batches[0]["seq"].shape, 4)
+    b = batches[0]
+    scaled = next_item_loss(hidden, table, b, cfg)
+    valid = b["pos"] != 0
+    h = hidden[valid]
+    per_pos = -F.logsigmoid((h * table[b["pos"][valid]]).sum(-1)) - F.logsigmoid(-(h * table[b["neg"][valid][:, 0]]).sum(-1))
+    assert float(scaled) == pytest.approx(float(per_pos.sum()) / per_batch, rel=1e-5)
+    plain = NextItemTask(build, max_len=12, loss_cfg=LossConfig(kind="bce"))
+    assert "loss_scale" not in next(plain.train_batches(1, batch_size, torch.Generator().manual_seed(3)))
