@@ -114,6 +114,10 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
         max_len = getattr(mcfg, "max_len", None)
         if max_len is None:
             raise ValueError(f"model: {mcfg.name} config has no max_len")
+        if cfg.train_cfg().bucket_by_length and cfg.loss.reduction == "batch_mean":
+            log.warning("train.bucket_by_length with loss.reduction 'batch_mean': batches of short sequences "
+                        "have few positions, each weighing more than under random batches; loss.reduction "
+                        "'epoch_mean' keeps every position's weight (recsys/losses.py)")
         return NextItemTask(build_dir, max_len, cfg.loss, eval_batch_size=cfg.eval.batch_size,
                             valid_max_users=cfg.eval.valid_max_users, ks=cfg.eval.ks, rank=rank,
                             world_size=world_size)

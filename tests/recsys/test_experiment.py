@@ -55,6 +55,22 @@ def test_model_task_mismatch(build: Path, tmp_path: Path) -> None:
         build_task(cfg)
 
 
+def test_bucketing_with_batch_mean_loss_warns(build: Path, tmp_path: Path, caplog) -> None:
+    """Length bucketing + a per-batch mean re-weights positions: the experiment says so and names
+    the fix; with reduction epoch_mean (or without bucketing) it stays quiet."""
+    from recsys.experiment import build_task
+
+    train = {"epochs": 1, "batch_size": 16, "lr": 0.01, "bucket_by_length": True}
+    with caplog.at_level("WARNING", logger="recsys.experiment"):
+        build_task(_cfg(build, tmp_path, train=train))
+    assert "epoch_mean" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recsys.experiment"):
+        build_task(_cfg(build, tmp_path, train=train, loss={"kind": "bce", "reduction": "epoch_mean"}))
+        build_task(_cfg(build, tmp_path))
+    assert "epoch_mean" not in caplog.text
+
+
 def test_run_directory_and_reload(build: Path, tmp_path: Path, capsys) -> None:
     from recsys import artifacts
     from recsys.cli import main
