@@ -54,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reduction", choices=["batch_mean", "epoch_mean"], default="batch_mean",
                     help="loss over a batch: mean over its positions (papers' code) or sum over a constant "
                          "(every position weighs the same across the epoch; recsys/losses.py)")
+    ap.add_argument("--select-metric", default="full/ndcg@10",
+                    help="validation metric that selects the weights scored on test (eval.select_metric)")
+    ap.add_argument("--valid-users", default="10000",
+                    help="validation users: a fixed random sample of this many, or 'all' (31,013)")
     ap.add_argument("--budget-clock", choices=["wall", "process"], default="wall",
                     help="process = the run's CPU time (a shared machine does not shrink the budget)")
+    ap.add_argument("--reuse-runs", action="store_true",
+                    help="reuse a seed's finished run in --output-dir when its stored config is this one and it "
+                         "trained every epoch (see finished_run); otherwise train")
     ap.add_argument("--output-dir", default=str(REPO / "runs" / "bench"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     data = read_yaml(REPO / "configs/experiments/sasrec_games.yaml")
     data["data"]["build_dir"] = str(REPO / "runs/games/build")
     data["model"]["norm"] = args.norm
+    data["eval"].update(select_metric=None if args.select_metric == "full/ndcg@10" else args.select_metric,
+                        valid_max_users=None if args.valid_users == "all" else int(args.valid_users))
     data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every, patience=None,
                          bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock)
     data["loss"] = {"kind": args.loss, "reduction": args.reduction,
@@ -84,15 +93,28 @@ def main(argv: list[str] | None = None) -> int:
         variant += f"_{args.budget_clock}clock"
     if args.norm != "query_only":
         variant += f"_{args.norm}"
+    if args.select_metric != "full/ndcg@10":
+        variant += "_select-" + args.select_metric.replace("/", "-").replace("@", "")
+    if args.valid_users != "10000":
+        variant += f"_valid{args.valid_users}"
     if args.seeds:
         variant += "_seeds" + "-".join(map(str, seeds))
+    elif args.seed != 0:
+        variant += f"_s{args.seed}"
 
     runs = []
     for seed in seeds:
         data.update(output_dir=args.output_dir, seed=seed,
                     name=f"sasrec-games-{args.norm}-{args.batching}-{args.loss}-neg{args.negatives}-{args.shared_negatives}-"
-                         f"{args.budget_clock}{'' if args.reduction == 'batch_mean' else '-' + args.reduction}-s{seed}")
-        run_dir = run_experiment(parse_experiment(dict(data), "sasrec_games"), resume=False)
+                         f"{args.budget_clock}{'' if args.reduction == 'batch_mean' else '-' + args.reduction}"
+                         f"{'' if args.select_metric == 'full/ndcg@10' else '-' + args.select_metric.replace('/', '-').replace('@', '')}"
+                         f"{'' if args.valid_users == '10000' else '-valid' + args.valid_users}-s{seed}")
+        cfg = parse_experiment(dict(data), "sasrec_games")
+        run_dir = finished_run(cfg) if args.reuse_runs else None
+        if run_dir is not None:
+            print(f"seed {seed}: reusing the finished run {run_dir} (same config, all epochs completed)", flush=True)
+        else:
+            run_dir = run_experiment(cfg, resume=False)
         runs.append(summarise_run(run_dir))
         print(f"seed {seed}: test sampled-100 NDCG@10 {runs[-1]['test/sampled100/ndcg@10']:.4f} "
               f"HR@10 {runs[-1]['test/sampled100/hr@10']:.4f}", flush=True)
@@ -110,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     one = lambda key: fits[0][key] if len(fits) == 1 else [f[key] for f in fits]  # noqa: E731
     budget = (f"training budget {args.max_minutes} min on the {args.budget_clock} clock ({one('epochs_run')} full "
               f"epochs run, stop: {one('stop_reason')}, best valid epoch {one('best_epoch')}); paper trains 201 epochs")
-    base = (f"leave-one-out, test, best weights by valid full NDCG@10 (eval every {args.eval_every} epochs, valid on "
-            f"a fixed 10,000-user sample); SASRec paper settings, norm {args.norm}; loss {loss_text}, {reduction_text}; batches "
+    valid_users = "all 31,013 users" if args.valid_users == "all" else f"a fixed {int(args.valid_users):,}-user sample"
+    base = (f"leave-one-out, test, best weights by valid {args.select_metric} (eval every {args.eval_every} epochs, "
+            f"valid on {valid_users}); SASRec paper settings, norm {args.norm}; loss {loss_text}, {reduction_text}; batches "
             f"{'length-bucketed (seeded shuffle, stable sort by length, shuffled batch order)' if args.batching == 'bucketed' else 'random users'}; "
             f"{budget}; torch threads {args.threads}")
     cmd = ".venv/bin/python -m benchmarks.sasrec_games " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -148,6 +171,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{x['metric']:>18s} = {x['value']}  [{x['protocol']}]")
     print(f"wrote {write_rows(f'sasrec_games{variant}', rows)}")
     return 0
+
+
+def finished_run(cfg) -> Path | None:
+    """cfg's run directory when it holds a finished run of exactly this config that trained every
+    epoch (stop "completed": a budget-stopped run depends on the machine's speed), else None.
+    Training is seeded and single-threaded, so such a run is what a fresh one would give."""
+    from recsys.config import read_yaml
+    from recsys.experiment import parse_experiment
+
+    run_dir = cfg.run_dir
+    if not (run_dir / "eval.json").is_file() or not (run_dir / "config.yaml").is_file():
+        return None
+    stored = parse_experiment(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    fit = json.loads((run_dir / "eval.json").read_text())["fit"]
+    if stored.model_dump() != cfg.model_dump() or fit["stop_reason"] != "completed":
+        return None
+    return run_dir
 
 
 def summarise_run(run_dir: Path) -> dict:

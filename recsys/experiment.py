@@ -50,6 +50,10 @@ class EvalConfig(StrictModel):
     #: evaluate validation (early stopping) on a fixed random sample of this many users; test uses all
     valid_max_users: int | None = Field(None, ge=1)
     ks: tuple[int, ...] = DEFAULT_KS
+    #: validation metric that selects the best weights and drives early stopping (higher is
+    #: better); None = the task's primary metric (next-item "full/ndcg@10", CTR "auc"). Next-item
+    #: names are "<protocol>/<hr|ndcg|mrr>@<k>", protocol "full" or "sampled100", k in `ks`
+    select_metric: str | None = None
     #: retrieval index saved with next-item models
     index: IndexConfig = IndexConfig()
 
@@ -118,12 +122,22 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
             log.warning("train.bucket_by_length with loss.reduction 'batch_mean': batches of short sequences "
                         "have few positions, each weighing more than under random batches; loss.reduction "
                         "'epoch_mean' keeps every position's weight (recsys/losses.py)")
-        return NextItemTask(build_dir, max_len, cfg.loss, eval_batch_size=cfg.eval.batch_size,
+        task = NextItemTask(build_dir, max_len, cfg.loss, eval_batch_size=cfg.eval.batch_size,
                             valid_max_users=cfg.eval.valid_max_users, ks=cfg.eval.ks, rank=rank,
                             world_size=world_size)
+        if cfg.eval.select_metric is not None:
+            names = task.metric_names()
+            if cfg.eval.select_metric not in names:
+                raise ValueError(f"eval.select_metric: {cfg.eval.select_metric!r} is not a next-item validation "
+                                 f"metric; choose one of {names}")
+            task.primary_metric = cfg.eval.select_metric
+        return task
     # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it; it keeps
     # the strided shard `rank::world_size` of the train samples (valid/test stay whole)
-    return _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
+    task = _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
+    if cfg.eval.select_metric is not None:  # an unknown name fails at the first validation, naming the choices
+        task.primary_metric = cfg.eval.select_metric
+    return task
 
 
 def _num_categories(build_dir: Path) -> int:

@@ -197,6 +197,10 @@ class NextItemTask:
 
     # ------------------------------------------------------------------------------ evaluation
 
+    def metric_names(self) -> list[str]:
+        """Every key `evaluate` returns besides "num_users": "<protocol>/<hr|ndcg|mrr>@<k>"."""
+        return [f"{p}/{m}@{k}" for p in PROTOCOLS for k in self.ks for m in ("hr", "ndcg", "mrr")]
+
     def eval_negatives(self) -> np.ndarray:
         """[U, 100] persisted sampled-100 negatives per sequences row (-1 = none), read once."""
         if self._negatives is None:

@@ -71,6 +71,25 @@ def test_bucketing_with_batch_mean_loss_warns(build: Path, tmp_path: Path, caplo
     assert "epoch_mean" not in caplog.text
 
 
+def test_select_metric_is_the_runs_selection_metric(build: Path, tmp_path: Path) -> None:
+    """eval.select_metric becomes the task's primary metric (what `fit` selects the best weights and
+    early-stops on, tests/recsys/test_train.py) for the whole run; an unknown name is refused before
+    training."""
+    from recsys.experiment import build_task
+
+    with pytest.raises(ValueError, match="eval.select_metric.*sampled100/ndcg@10"):
+        build_task(_cfg(build, tmp_path, eval={"select_metric": "sampled100/ndcg@11"}))
+    assert build_task(_cfg(build, tmp_path)).primary_metric == "full/ndcg@10"
+    cfg = _cfg(build, tmp_path / "runs", train={"epochs": 2, "batch_size": 16, "lr": 0.01},
+               eval={"select_metric": "sampled100/mrr@5"})
+    assert build_task(cfg).primary_metric == "sampled100/mrr@5"
+    run_dir = run_experiment(cfg)
+    log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ev = json.loads((run_dir / "eval.json").read_text())
+    assert ev["fit"]["best_valid_sampled100/mrr@5"] == pytest.approx(max(r["valid/sampled100/mrr@5"] for r in log))
+    assert "best_valid_full/ndcg@10" not in ev["fit"]
+
+
 def test_run_directory_and_reload(build: Path, tmp_path: Path, capsys) -> None:
     from recsys import artifacts
     from recsys.cli import main
