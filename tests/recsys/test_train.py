@@ -178,3 +178,44 @@ def test_config_rejects_unknown_and_bad_values() -> None:
         TrainConfig(optimizer="sgd")
     with pytest.raises(ValidationError, match="epoch"):
         TrainConfig(epoch=3)
+
+
+def test_weight_average_is_what_is_validated_kept_and_returned(tmp_path: Path) -> None:
+    """train.ema_decay: after every step avg = d*avg + (1-d)*w (first step: a copy); validation
+    scores the average, and with restore_best=False the returned model holds it."""
+    decay = 0.9
+    task = ToyTask()
+    plain = make_model()
+    trajectory: list[dict[str, torch.Tensor]] = []
+
+    class Recording(ToyTask):  # the same data; records the weights after every optimiser step
+        def loss(self, model, batch):
+            if model.training:
+                trajectory.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return super().loss(model, batch)
+
+    fit(plain, Recording(), cfg(epochs=1), tmp_path / "plain", restore_best=False)
+    trajectory = trajectory[1:] + [{k: v.detach().clone() for k, v in plain.state_dict().items()}]
+    expected = {k: v.clone() for k, v in trajectory[0].items()}
+    for w in trajectory[1:]:
+        for k in expected:
+            expected[k].mul_(decay).add_(w[k], alpha=1 - decay)
+    averaged = make_model()
+    res = fit(averaged, task, cfg(epochs=1, ema_decay=decay), tmp_path / "ema", restore_best=False)
+    for k, v in averaged.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    assert not all(torch.allclose(v, plain.state_dict()[k]) for k, v in averaged.state_dict().items())
+    assert res.history[0]["valid/acc"] == pytest.approx(task.evaluate(averaged.eval(), "valid")["acc"])
+
+
+def test_resume_with_weight_average_is_identical(tmp_path: Path) -> None:
+    full = make_model()
+    fit(full, ToyTask(), cfg(ema_decay=0.8), tmp_path / "a", restore_best=False)
+    fit(make_model(), ToyTask(), cfg(epochs=1, ema_decay=0.8), tmp_path / "b", restore_best=False)
+    resumed = make_model()
+    fit(resumed, ToyTask(), cfg(ema_decay=0.8), tmp_path / "b", restore_best=False)
+    for (name, p), (_, q) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p, q), name
+    fit(make_model(), ToyTask(), cfg(epochs=1), tmp_path / "c", restore_best=False)
+    with pytest.raises(ValueError, match="no weight average"):
+        fit(make_model(), ToyTask(), cfg(ema_decay=0.8), tmp_path / "c", restore_best=False)
