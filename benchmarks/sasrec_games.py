@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         valid_max_users=None if args.valid_users == "all" else int(args.valid_users))
     data["train"].update(max_minutes=args.max_minutes, epochs=args.epochs, eval_every=args.eval_every, patience=None,
                          bucket_by_length=args.batching == "bucketed", budget_clock=args.budget_clock,
-                         **({} if args.ema_decay is None else {"ema_decay": args.ema_decay}))
+                         ema_decay=args.ema_decay)
     data["loss"] = {"kind": args.loss, "reduction": args.reduction,
                     **({} if args.loss == "ce" else {"num_negatives": args.negatives})}
     if args.loss == "sampled_softmax":
