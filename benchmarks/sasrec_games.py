@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.seed != 0:
         variant += f"_s{args.seed}"
 
-    runs = []
+    if args.reuse_runs and args.threads != 1:
+        raise SystemExit("--reuse-runs needs --threads 1 (multi-threaded CPU training is not bitwise reproducible)")
+    runs: list[dict] = []
+    reused: dict[int, str] = {}  # seed -> code version of the reused run (from its manifest)
     for seed in seeds:
         data.update(output_dir=args.output_dir, seed=seed,
                     name=f"sasrec-games-{args.norm}-{args.batching}-{args.loss}-neg{args.negatives}-{args.shared_negatives}-"
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = finished_run(cfg) if args.reuse_runs else None
         if run_dir is not None:
             print(f"seed {seed}: reusing the finished run {run_dir} (same config, all epochs completed)", flush=True)
+            reused[seed] = json.loads((run_dir / "manifest.json").read_text()).get("code_version", "unknown")
         else:
             run_dir = run_experiment(cfg, resume=False)
         runs.append(summarise_run(run_dir))
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     base = (f"leave-one-out, test, best weights by valid {args.select_metric} (eval every {args.eval_every} epochs, "
             f"valid on {valid_users}); SASRec paper settings, norm {args.norm}; loss {loss_text}, {reduction_text}; batches "
             f"{'length-bucketed (seeded shuffle, stable sort by length, shuffled batch order)' if args.batching == 'bucketed' else 'random users'}; "
-            f"{budget}; {'' if args.ema_decay is None else f'weights: exponential moving average, decay {args.ema_decay:g} per step (not in the paper); '}"
+            f"{budget}; {'' if not reused else f'reused finished runs (seed: code version) {reused}; '}"
+            f"{'' if args.ema_decay is None else f'weights: exponential moving average, decay {args.ema_decay:g} per step (not in the paper); '}"
             f"torch threads {args.threads}")
     cmd = ".venv/bin/python -m benchmarks.sasrec_games " + " ".join(argv if argv is not None else sys.argv[1:])
     from benchmarks.results import row, write_rows
@@ -186,14 +191,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finished_run(cfg) -> Path | None:
-    """cfg's run directory when it holds a finished run of exactly this config that trained every
-    epoch (stop "completed": a budget-stopped run depends on the machine's speed), else None.
-    Training is seeded and single-threaded, so such a run is what a fresh one would give."""
+    """cfg's run directory when it holds a finished run (manifest intact) of exactly this config that
+    trained every epoch (stop "completed": a budget-stopped run depends on the machine's speed), else
+    None. Training is seeded and single-threaded, so on the same code such a run is what a fresh one
+    would give; the code version it was trained at (its manifest) goes into the rows' protocol."""
     from recsys.config import read_yaml
     from recsys.experiment import parse_experiment
 
+    from recsys import artifacts
+
     run_dir = cfg.run_dir
-    if not (run_dir / "eval.json").is_file() or not (run_dir / "config.yaml").is_file():
+    if not (run_dir / "manifest.json").is_file():
+        return None
+    try:  # the manifest is written last and hashes config.yaml + eval.json: a rerun killed midway fails here
+        artifacts.verify_manifest(run_dir)
+    except ValueError:
         return None
     stored = parse_experiment(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
     fit = json.loads((run_dir / "eval.json").read_text())["fit"]

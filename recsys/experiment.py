@@ -125,17 +125,15 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
         task = NextItemTask(build_dir, max_len, cfg.loss, eval_batch_size=cfg.eval.batch_size,
                             valid_max_users=cfg.eval.valid_max_users, ks=cfg.eval.ks, rank=rank,
                             world_size=world_size)
-        if cfg.eval.select_metric is not None:
-            names = task.metric_names()
-            if cfg.eval.select_metric not in names:
-                raise ValueError(f"eval.select_metric: {cfg.eval.select_metric!r} is not a next-item validation "
-                                 f"metric; choose one of {names}")
-            task.primary_metric = cfg.eval.select_metric
-        return task
-    # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it; it keeps
-    # the strided shard `rank::world_size` of the train samples (valid/test stay whole)
-    task = _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
-    if cfg.eval.select_metric is not None:  # an unknown name fails at the first validation, naming the choices
+    else:
+        # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it; it keeps
+        # the strided shard `rank::world_size` of the train samples (valid/test stay whole)
+        task = _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
+    if cfg.eval.select_metric is not None:
+        names = task.metric_names()
+        if cfg.eval.select_metric not in names:
+            raise ValueError(f"eval.select_metric: {cfg.eval.select_metric!r} is not a {cfg.task} validation metric "
+                             f"that can select weights (higher is better); choose one of {names}")
         task.primary_metric = cfg.eval.select_metric
     return task
 

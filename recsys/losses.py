@@ -15,12 +15,15 @@ positions (pos != 0) and never score the padding row 0:
 
 Reduction (LossConfig.reduction): "batch_mean" (default, the papers' code) averages over the
 batch's valid positions, so every batch weighs the same whatever its number of positions;
-"epoch_mean" multiplies that mean by batch["loss_scale"] = V_batch / (mean valid positions per
-batch over the epoch), i.e. the batch's sum over positions divided by a constant, so every training
-position weighs the same across the epoch however the batches are formed. With randomly mixed
-batches the two agree in expectation; with length-bucketed batches (NextItemTask) "batch_mean"
-up-weights the positions of short users (a batch of 128 three-item users has ~2 positions per
-user, a batch of long users 50) and "epoch_mean" restores the random-batch objective.
+"epoch_mean" multiplies that mean by batch["loss_scale"] = V_batch / (nominal batch size x mean
+valid positions per train row), i.e. the batch's sum over positions divided by a constant, so every
+training position weighs the same across the epoch however the batches are formed. With randomly
+mixed batches the two are close (each batch has about the mean number of positions); with
+length-bucketed batches (NextItemTask) "batch_mean" up-weights the positions of short users (a
+batch of 128 three-item users has ~2 positions per user, a batch of long users 50) and
+"epoch_mean" restores the random-batch objective. `apply_reduction` is the one place that scales,
+for this loss and for per-position auxiliary losses (MQSA-TED's KD). The logged train/loss is the
+scaled value, so it is not comparable across the two reductions.
 """
 
 from __future__ import annotations
@@ -109,6 +112,11 @@ def next_item_loss(hidden: torch.Tensor, item_table: torch.Tensor, batch: Batch,
         shared = _require(batch, "shared_neg", cfg.kind)
         logq = _require(batch, "shared_neg_logq", cfg.kind) if cfg.logq_correction else None
         loss = sampled_softmax_loss(hidden, item_table, pos, shared, logq)
+    return apply_reduction(loss, batch, cfg)
+
+
+def apply_reduction(loss: torch.Tensor, batch: Batch, cfg: LossConfig) -> torch.Tensor:
+    """A mean over the batch's valid positions -> the configured reduction (module doc)."""
     if cfg.reduction == "epoch_mean":
-        loss = loss * _require(batch, "loss_scale", f"{cfg.kind} with reduction 'epoch_mean'").to(loss.dtype)
+        return loss * _require(batch, "loss_scale", f"{cfg.kind} with reduction 'epoch_mean'").to(loss.dtype)
     return loss

@@ -221,9 +221,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 def make_weight_average(model: torch.nn.Module, cfg: TrainConfig) -> AveragedModel | None:
-    """The EMA copy of `model` (train.ema_decay), or None. Its first update copies the weights."""
+    """The EMA copy of `model` (train.ema_decay), or None. Its first update copies the weights.
+    A model with torchrec-sharded modules (Ray --gpu, DistributedModelParallel) is refused: its
+    shards hold process groups (no deep copy) and its embedding rows are updated inside the fused
+    optimizer, so a second, averaged copy would need its own sharding plan."""
     if cfg.ema_decay is None:
         return None
+    sharded = [type(m).__name__ for m in _unwrap(model).modules() if type(m).__module__.startswith("torchrec.distributed")]
+    if sharded:
+        raise ValueError(f"train.ema_decay is not supported for torchrec-sharded models (found {sharded[0]}); "
+                         "train without it or on the unsharded path")
     return AveragedModel(_unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
 
@@ -307,6 +314,9 @@ def fit(
     `primary_metric` (higher is better) selects the best weights (checkpoints/best.safetensors)
     and drives early stopping. With `restore_best` the model ends holding the best weights.
     With `resume` and an existing checkpoint in `run_dir`, training continues after its epoch.
+    With `cfg.ema_decay`, an exponential moving average of the weights is kept (and checkpointed):
+    validation scores it, best.safetensors holds it, and the returned model is the averaged one
+    (the best average with `restore_best`, else the last average).
     `on_epoch_end(epoch, checkpoint_path)` is called on EVERY rank after each full epoch (e.g. a Ray
     Train worker's `ray.train.report`, which every worker must call); on rank 0 the epoch's checkpoint
     is already written (other ranks have no barrier with it: only rank 0 should read the file). Not
@@ -328,12 +338,16 @@ def fit(
     eval_model = model if ema is None else ema.module  # what validation scores and "best" saves
     primary = task.primary_metric
     state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None, "bad_evals": 0,
-                             "train_seconds": 0.0}
+                             "train_seconds": 0.0, "ema_decay": cfg.ema_decay, "primary_metric": primary}
     ckpt_path = ckpt_dir / CHECKPOINT_FILE
     best_path = ckpt_dir / BEST_FILE
     metrics_path = run_dir / METRICS_FILE
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, model, opt, generator, ema)
+        for key, now in (("ema_decay", cfg.ema_decay), ("primary_metric", primary)):
+            if key in state and state[key] != now:
+                raise ValueError(f"{ckpt_path}: the run was started with {key} {state[key]!r}, now {now!r}; "
+                                 "resume with the same setting or start over (resume=False)")
         log.info("resumed from %s at epoch %d", ckpt_path, state["epoch"])
         if is_main:
             _truncate_metrics(metrics_path, state["epoch"])

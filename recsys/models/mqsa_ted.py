@@ -32,7 +32,7 @@ from torch import nn
 from attention.causal import CausalSelfAttentionBlock, Dropout, causal_padding_mask
 from attention.multi_query import MultiQueryBlock
 from recsys.config import StrictModel
-from recsys.losses import LossConfig, next_item_loss
+from recsys.losses import LossConfig, apply_reduction, next_item_loss
 from recsys.models.item_embedding import ItemEmbedding
 from recsys.models.sasrec import SequenceEncoderBase
 from recsys.models.transitions import TeacherWeights, TransitionGraph, teacher_weights, ted_kd_loss
@@ -137,7 +137,7 @@ class MQSATED(SequenceEncoderBase):
         loss = rec
         logs = {"rec_loss": float(rec.detach())}
         if self.cfg.lambda_kd > 0:
-            kd = self.kd_loss(seq)
+            kd = apply_reduction(self.kd_loss(seq), batch, loss_cfg)  # a mean over the same positions
             loss = loss + self.cfg.lambda_kd * kd
             logs["kd_loss"] = float(kd.detach())
         if self.cfg.l2_reg > 0:

@@ -218,6 +218,11 @@ class CTRTask:
             model.train(was_training)
         return out
 
+    def metric_names(self) -> list[str]:
+        """The validation metrics that can select weights: the higher-is-better ones `evaluate`
+        returns (logloss is lower-is-better, num_samples a count)."""
+        return ["auc", "gauc"]
+
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         from recsys.ctr_metrics import ctr_metrics
 

@@ -106,9 +106,10 @@ class NextItemTask:
         counts = np.bincount(seqs.items[in_train], minlength=n1).astype(np.float64)
         counts[0] = 0.0
         self.item_counts = counts  # train-part frequency per item id (index 0 = padding)
-        #: mean valid (input, target) positions per train row, windows capped at max_len
-        self.mean_positions = float(np.minimum(self.train_ends[self.train_rows] - 1, max_len).mean()) \
-            if self.train_rows.size else 0.0
+        #: mean valid (input, target) positions per train row (all rows, not this worker's shard, so
+        #: every Ray worker scales by the same constant), windows capped at max_len
+        self.mean_positions = float(np.minimum(self.train_ends[train_rows] - 1, max_len).mean()) \
+            if train_rows.size else 0.0
         self._negatives: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------ training
@@ -198,7 +199,8 @@ class NextItemTask:
     # ------------------------------------------------------------------------------ evaluation
 
     def metric_names(self) -> list[str]:
-        """Every key `evaluate` returns besides "num_users": "<protocol>/<hr|ndcg|mrr>@<k>"."""
+        """The validation metrics that can select weights (all higher-is-better): every key
+        `evaluate` returns besides "num_users", "<protocol>/<hr|ndcg|mrr>@<k>"."""
         return [f"{p}/{m}@{k}" for p in PROTOCOLS for k in self.ks for m in ("hr", "ndcg", "mrr")]
 
     def eval_negatives(self) -> np.ndarray:

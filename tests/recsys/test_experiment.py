@@ -79,6 +79,8 @@ def test_select_metric_is_the_runs_selection_metric(build: Path, tmp_path: Path)
 
     with pytest.raises(ValueError, match="eval.select_metric.*sampled100/ndcg@10"):
         build_task(_cfg(build, tmp_path, eval={"select_metric": "sampled100/ndcg@11"}))
+    with pytest.raises(ValueError, match="eval.select_metric.*num_users"):
+        build_task(_cfg(build, tmp_path, eval={"select_metric": "num_users"}))
     assert build_task(_cfg(build, tmp_path)).primary_metric == "full/ndcg@10"
     cfg = _cfg(build, tmp_path / "runs", train={"epochs": 2, "batch_size": 16, "lr": 0.01},
                eval={"select_metric": "sampled100/mrr@5"})
@@ -142,6 +144,11 @@ def test_build_task_shards_ctr_train_samples_by_rank(tmp_path: Path) -> None:
     assert all(len(t.splits["test"]) == len(full.splits["test"]) for t in shards)
     with pytest.raises(ValueError, match="rank"):
         build_task(cfg, rank=3, world_size=3)
+    # selection: a higher-is-better CTR metric only (logloss would keep the worst weights)
+    assert build_task(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"select_metric": "gauc"})})
+                      ).primary_metric == "gauc"
+    with pytest.raises(ValueError, match="eval.select_metric: 'logloss'.*'auc', 'gauc'"):
+        build_task(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"select_metric": "logloss"})}))
 
 
 def test_finalize_run_records_extra_fields(build: Path, tmp_path: Path) -> None:

@@ -206,6 +206,15 @@ def test_weight_average_is_what_is_validated_kept_and_returned(tmp_path: Path) -
         assert torch.allclose(v, expected[k], atol=1e-6), k
     assert not all(torch.allclose(v, plain.state_dict()[k]) for k, v in averaged.state_dict().items())
     assert res.history[0]["valid/acc"] == pytest.approx(task.evaluate(averaged.eval(), "valid")["acc"])
+    # restore_best: best.safetensors holds the average of the best epoch (here the only one), and so
+    # does the returned model
+    from safetensors.torch import load_file
+
+    kept = make_model()
+    res = fit(kept, task, cfg(epochs=1, ema_decay=decay), tmp_path / "best", restore_best=True)
+    best = load_file(str(res.best_weights))
+    for k, v in kept.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6) and torch.equal(v, best[k]), k
 
 
 def test_resume_with_weight_average_is_identical(tmp_path: Path) -> None:
@@ -219,3 +228,31 @@ def test_resume_with_weight_average_is_identical(tmp_path: Path) -> None:
     fit(make_model(), ToyTask(), cfg(epochs=1), tmp_path / "c", restore_best=False)
     with pytest.raises(ValueError, match="no weight average"):
         fit(make_model(), ToyTask(), cfg(ema_decay=0.8), tmp_path / "c", restore_best=False)
+    # a run started with an average is not silently resumed without it, nor with another decay
+    fit(make_model(), ToyTask(), cfg(epochs=1, ema_decay=0.8), tmp_path / "d", restore_best=False)
+    for other in (None, 0.9):
+        with pytest.raises(ValueError, match="ema_decay 0.8"):
+            fit(make_model(), ToyTask(), cfg(ema_decay=other), tmp_path / "d", restore_best=False)
+
+
+def test_resume_refuses_another_selection_metric(tmp_path: Path) -> None:
+    fit(make_model(), ToyTask(), cfg(epochs=1), tmp_path, restore_best=False)
+
+    class OtherMetric(ToyTask):
+        primary_metric = "acc2"
+
+        def evaluate(self, model, split):
+            return {**super().evaluate(model, split), "acc2": 0.0}
+
+    with pytest.raises(ValueError, match="primary_metric 'acc'"):
+        fit(make_model(), OtherMetric(), cfg(), tmp_path, restore_best=False)
+
+
+def test_weight_average_refuses_torchrec_sharded_models(tmp_path: Path) -> None:
+    class ShardedStandIn(torch.nn.Linear):  # stands for a torchrec.distributed sharded module
+        pass
+
+    ShardedStandIn.__module__ = "torchrec.distributed.embedding"
+    model = torch.nn.Sequential(ShardedStandIn(8, 1))
+    with pytest.raises(ValueError, match="torchrec-sharded.*ShardedStandIn"):
+        fit(model, ToyTask(), cfg(epochs=1, ema_decay=0.9), tmp_path)

@@ -83,6 +83,22 @@ def test_training_loss_is_rec_plus_kd_plus_l2() -> None:
     assert float(loss.detach()) == pytest.approx(logs["rec_loss"] + 0.1 * kd + l2, rel=1e-4)
 
 
+def test_epoch_mean_reduction_scales_rec_and_kd_not_l2() -> None:
+    """Both per-position terms (rec and KD, means over the same valid positions) take the batch's
+    loss_scale under reduction epoch_mean; the L2 term does not."""
+    m = _model().eval()
+    m.attach_teacher(_graph())
+    seq = _seq()
+    pos = torch.where(seq != 0, (seq % N_ITEMS) + 1, 0)
+    _, plain = m.training_loss({"seq": seq, "pos": pos}, LossConfig(kind="ce"))
+    loss, scaled = m.training_loss({"seq": seq, "pos": pos, "loss_scale": torch.tensor(0.25)},
+                                   LossConfig(kind="ce", reduction="epoch_mean"))
+    assert scaled["rec_loss"] == pytest.approx(0.25 * plain["rec_loss"], rel=1e-5)
+    assert scaled["kd_loss"] == pytest.approx(0.25 * plain["kd_loss"], rel=1e-5)
+    assert scaled["l2_loss"] == pytest.approx(plain["l2_loss"], rel=1e-6)
+    assert float(loss) == pytest.approx(scaled["rec_loss"] + 0.1 * scaled["kd_loss"] + scaled["l2_loss"], rel=1e-5)
+
+
 def test_gradients_flow_with_bce_and_kd() -> None:
     m = _model(dropout=0.2).train()
     m.attach_teacher(_graph())

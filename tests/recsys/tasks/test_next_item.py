@@ -269,9 +269,9 @@ def test_bucket_by_length_same_rows_fewer_padded_columns(build: Path) -> None:
 
 @pytest.mark.parametrize("bucket", [False, True])
 def test_epoch_mean_reduction_weighs_every_position_the_same(build: Path, bucket: bool) -> None:
-    """loss_scale = batch positions / (batch_size x mean positions per row): over an epoch the scales
-    sum to the epoch's batch count (a full epoch's positions / positions per nominal batch), and each
-    batch's scaled BCE equals its sum over positions divided by the same constant."""
+    """loss_scale = batch positions / (batch_size x mean positions per row): the batches' positions
+    add up to rows x mean positions (so the scales sum to rows / batch_size), and each batch's scaled
+    BCE equals its sum over positions divided by the same constant."""
     cfg = LossConfig(kind="bce", reduction="epoch_mean")
     task = NextItemTask(build, max_len=12, loss_cfg=cfg)
     batch_size = 8
