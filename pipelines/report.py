@@ -626,7 +626,12 @@ def _plt() -> Any:
 
 
 def _curve_key(r: RunSummary) -> str:
-    """The validation key of the primary metric in metrics.jsonl (e.g. valid/full/ndcg@10)."""
+    """The validation key plotted for a run: the metric that selected its weights (eval.select_metric,
+    e.g. valid/sampled100/ndcg@10) when the config names one, else the primary metric's
+    (e.g. valid/full/ndcg@10)."""
+    selected = ((r.config or {}).get("eval") or {}).get("select_metric")
+    if selected:
+        return f"valid/{selected}"
     keys = [k for h in r.history for k in h if k.startswith("valid/") and k.endswith(r.primary)]
     preferred = [k for k in keys if "/full/" in k]
     return (preferred or keys or [f"valid/{r.primary}"])[0]
@@ -644,9 +649,9 @@ def plot_training_curves(runs: list[RunSummary]) -> str | None:
         key = _curve_key(r)
         pts = [(x, h[key]) for x, h in zip(xs, r.history) if isinstance(h.get(key), (int, float))]
         if pts:
-            ax2.plot(*zip(*pts), marker="o", label=f"{r.name} ({r.primary})")
+            ax2.plot(*zip(*pts), marker="o", label=f"{r.name} ({key.removeprefix('valid/')})")
     ax1.set(title="training loss (mean per epoch)", xlabel="epoch", ylabel="loss")
-    ax2.set(title="validation primary metric", xlabel="epoch", ylabel="value")
+    ax2.set(title="validation metric that selects the weights", xlabel="epoch", ylabel="value")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -289,3 +289,15 @@ def test_report_renders_in_headless_chromium_without_console_errors(built: dict[
     # the plots are on the first screen: matplotlib's first line/bar colour (tab:blue) is drawn
     tab_blue = np.array([31, 119, 180]) / 255.0
     assert (np.abs(img[..., :3] - tab_blue).max(-1) < 0.04).sum() > 500
+
+
+def test_curve_follows_the_selection_metric() -> None:
+    """The validation curve is the metric that selected the run's weights when the config names one."""
+    from types import SimpleNamespace
+
+    history = [{"valid/full/ndcg@10": 0.1, "valid/sampled100/ndcg@10": 0.5}]
+    plain = SimpleNamespace(history=history, primary="ndcg@10", config={"eval": {}})
+    selected = SimpleNamespace(history=history, primary="ndcg@10",
+                               config={"eval": {"select_metric": "sampled100/ndcg@10"}})
+    assert rp._curve_key(plain) == "valid/full/ndcg@10"
+    assert rp._curve_key(selected) == "valid/sampled100/ndcg@10"
