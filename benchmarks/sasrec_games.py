@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         variant += f"_valid{args.valid_users}"
     if args.ema_decay is not None:
         variant += f"_ema{args.ema_decay:g}"
+    run_prefix = "sasrec-games" + variant.replace("_", "-")  # + "-s<seed>": one run directory per seed
     if args.seeds:
         variant += "_seeds" + "-".join(map(str, seeds))
     elif args.seed != 0:
@@ -117,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     reused: dict[int, str] = {}  # seed -> code version of the reused run (from its manifest)
     for seed in seeds:
-        data.update(output_dir=args.output_dir, seed=seed,
-                    name=f"sasrec-games-{args.norm}-{args.batching}-{args.loss}-neg{args.negatives}-{args.shared_negatives}-"
-                         f"{args.budget_clock}{'' if args.reduction == 'batch_mean' else '-' + args.reduction}"
-                         f"{'' if args.select_metric == 'full/ndcg@10' else '-' + args.select_metric.replace('/', '-').replace('@', '')}"
-                         f"{'' if args.valid_users == '10000' else '-valid' + args.valid_users}"
-                         f"{'' if args.ema_decay is None else f'-ema{args.ema_decay:g}'}-s{seed}")
+        data.update(output_dir=args.output_dir, seed=seed, name=f"{run_prefix}-s{seed}")
         cfg = parse_experiment(dict(data), "sasrec_games")
         run_dir = finished_run(cfg) if args.reuse_runs else None
         if run_dir is not None:
@@ -195,10 +191,9 @@ def finished_run(cfg) -> Path | None:
     trained every epoch (stop "completed": a budget-stopped run depends on the machine's speed), else
     None. Training is seeded and single-threaded, so on the same code such a run is what a fresh one
     would give; the code version it was trained at (its manifest) goes into the rows' protocol."""
+    from recsys import artifacts
     from recsys.config import read_yaml
     from recsys.experiment import parse_experiment
-
-    from recsys import artifacts
 
     run_dir = cfg.run_dir
     if not (run_dir / "manifest.json").is_file():
