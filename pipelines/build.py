@@ -50,7 +50,7 @@ import pyarrow as pa
 from recsys.config import ConfigError
 from recsys.data import schema
 from recsys.data.build_config import BuildConfig, load_build_config, resolve_path, resolved_source
-from recsys.data.negatives import _mix
+from recsys.data.negatives import splitmix64
 from recsys.data.readers import read_events
 from recsys.data.validate import Validated
 from recsys.data.transform import (
@@ -86,7 +86,7 @@ def init_ray(address: str | None = None, num_cpus: int = 2) -> None:
 
 def bucket_of(users: np.ndarray, num_buckets: int) -> np.ndarray:
     with np.errstate(over="ignore"):
-        return (_mix(users.astype(np.uint64)) % np.uint64(num_buckets)).astype(np.int64)
+        return (splitmix64(users.astype(np.uint64)) % np.uint64(num_buckets)).astype(np.int64)
 
 
 def build_ray(cfg: BuildConfig, output_dir: str | Path, address: str | None = None) -> dict:

@@ -23,7 +23,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays: a cheap, well-mixed hash (wraps on overflow)."""
     x = x ^ (x >> np.uint64(30))
     x = x * _M1
     x = x ^ (x >> np.uint64(27))
@@ -34,9 +35,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def uniform(seed: int, stream: int, users: np.ndarray, slots: np.ndarray, attempt: int) -> np.ndarray:
     """Uniform floats in [0, 1), one per (user, slot), reproducible for a fixed key."""
     with np.errstate(over="ignore"):
-        h = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLD + np.uint64(stream))
-        h = _mix(h ^ (users.astype(np.uint64) * _GOLD))
-        h = _mix(h ^ (slots.astype(np.uint64) * _M1 + np.uint64(attempt) * _M2))
+        h = splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLD + np.uint64(stream))
+        h = splitmix64(h ^ (users.astype(np.uint64) * _GOLD))
+        h = splitmix64(h ^ (slots.astype(np.uint64) * _M1 + np.uint64(attempt) * _M2))
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
