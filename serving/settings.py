@@ -49,6 +49,9 @@ class ServingSettings(StrictModel):
     max_candidates: int = Field(2_048, ge=1)
     max_events_per_request: int = Field(1_000, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024)
+    #: a request body not complete this many seconds after the request started is answered 408
+    #: and its connection closed (a half-sent body cannot hold a connection forever)
+    body_read_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
     max_k: int = Field(500, ge=1)
     retrieval_pool: int = Field(200, ge=1)  # faiss candidates re-ranked by the CTR model
     state_cache_users: int = Field(10_000, ge=0)  # in-process LRU of per-user model states
