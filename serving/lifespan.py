@@ -35,10 +35,11 @@ async def _load(svc: Service) -> None:
     """Open the store and load the configured models that were not passed in."""
     settings = svc.settings
     if svc.store is None:
-        svc.store = open_store(settings.store, settings.max_history, settings.event_id_ttl_s)
+        svc.store = open_store(settings.store, settings.store_history(), settings.event_id_ttl_s)
         svc.owns_store = True
     if svc.ctr is None and settings.ctr_model_dir is not None:
-        svc.ctr = await run_in_threadpool(CTRScorer.load, settings.ctr_model_dir, settings.max_history, settings.device)
+        svc.ctr = await run_in_threadpool(CTRScorer.load, settings.ctr_model_dir, settings.max_history, settings.device,
+                                         settings.history_above_trained)
     if svc.retriever is None and settings.retrieval_model_dir is not None:
         svc.retriever = await run_in_threadpool(Retriever.load, settings.retrieval_model_dir)
     if settings.bootstrap_build_dir is not None:

@@ -4,6 +4,7 @@ serving when the load fails (admin)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -12,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from serving.auth import WriteRoute
 from serving.errors import FieldError
 from serving.lifespan import freeze_long_lived
+from serving.loading import ModelDirError
 from serving.models import CTRScorer, Retriever
 from serving.schemas import ModelRef, ReloadRequest, ReloadResponse
 from serving.service import Service, get_service
@@ -21,18 +23,33 @@ log = logging.getLogger(__name__)
 router = APIRouter(route_class=WriteRoute, tags=["admin"])
 
 
+def allowed_dir(svc: Service, model_dir: str) -> Path:
+    """`model_dir` resolved, when under one of the allowed reload roots; else 422 (the message
+    does not echo the path)."""
+    path = Path(model_dir).resolve()
+    roots = svc.settings.allowed_reload_roots()
+    if not any(path.is_relative_to(root) for root in roots):
+        raise FieldError(("body", "model_dir"), "not under an allowed reload root (settings reload_roots; default: the "
+                         "directories the server's models were started from), still serving the previous model")
+    return path
+
+
 async def load_model(svc: Service, req: ReloadRequest) -> CTRScorer | Retriever:
-    """The new model, loaded and (CTR) warmed up; a load failure is a 422 naming model_dir."""
+    """The new model, loaded and (CTR) warmed up; a load failure is a 422 naming model_dir, with
+    no internal path in the message (details go to the server log)."""
     settings = svc.settings
+    model_dir = allowed_dir(svc, req.model_dir)
     try:
         if req.kind == "ctr":
-            scorer = await run_in_threadpool(CTRScorer.load, req.model_dir, settings.max_history, settings.device)
+            scorer = await run_in_threadpool(CTRScorer.load, model_dir, settings.max_history, settings.device,
+                                            settings.history_above_trained)
             await run_in_threadpool(scorer.warm_up)  # a model that cannot score is refused here
             return scorer
-        return await run_in_threadpool(Retriever.load, req.model_dir)
+        return await run_in_threadpool(Retriever.load, model_dir)
     except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model
-        log.warning("reload of %s failed: %s", req.model_dir, exc)
-        raise FieldError(("body", "model_dir"), f"load failed, still serving the previous model: {exc}") from None
+        log.warning("reload of %s failed: %s", model_dir, exc)
+        reason = str(exc) if isinstance(exc, ModelDirError) else f"{type(exc).__name__} (details in the server log)"
+        raise FieldError(("body", "model_dir"), f"load failed, still serving the previous model: {reason}") from None
 
 
 @router.post("/admin/reload", response_model=ReloadResponse)
