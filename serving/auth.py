@@ -14,9 +14,10 @@ import hmac
 from email.message import Message
 from typing import Any, Callable, Coroutine
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException  # what FastAPI raises for an unreadable body
 
 from serving.errors import FieldError
 from serving.middleware import BodyReadError

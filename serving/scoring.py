@@ -60,6 +60,21 @@ def run_score_jobs(jobs: list[ScoreJob]) -> list[tuple[UserState, np.ndarray] | 
     return out
 
 
+def first_occurrences(ids: np.ndarray) -> np.ndarray:
+    """The distinct ids in order of first occurrence (a candidate sent twice is listed once)."""
+    if ids.size < 2:
+        return ids
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)]
+
+
+def effective_length(scorer: CTRScorer, us: UserState, recent: History | None) -> int:
+    """Events the model scored with: the stored ones inside the model's window, then the
+    request-only ones, the newest `scorer.max_history` of them all."""
+    n_recent = 0 if recent is None else len(recent)
+    return min(min(us.history_length, scorer.max_history) + n_recent, scorer.max_history)
+
+
 class Scoring:
     """Scores for one request with the service's current CTR model (read at each call, so a
     reload takes effect on the next request)."""
@@ -102,8 +117,9 @@ class Scoring:
             "user_id": user_id,
             "scores": probs,
             "model": {"name": scorer.info.name, "version": scorer.info.version},
-            "unknown_items": raw[dense == 0],
+            "unknown_items": first_occurrences(raw[dense == 0]),
             "cold_start": us.seq == 0,
             "history_length": us.history_length,
+            "effective_history_length": effective_length(scorer, us, recent),
         }
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

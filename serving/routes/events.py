@@ -1,7 +1,14 @@
-"""POST /v1/events: append behaviours; answered only once durable; idempotent on event_id (write)."""
+"""POST /v1/events: append behaviours; answered only once durable; idempotent on event_id (write).
+
+Rules (README "Scoring API"): a user's events are modelled in timestamp order, ties in arrival
+order (a late event is placed by its timestamp and the user's cached state rebuilt); a timestamp
+later than now + `max_clock_skew_s` is refused (422); an event_id reused within the idempotency
+window with the same payload is a duplicate (200, listed in `duplicates`), with another payload a
+409 naming the id, and nothing of that request is stored."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import numpy as np
@@ -12,9 +19,20 @@ from serving.auth import WriteRoute
 from serving.errors import FieldError
 from serving.schemas import EventsRequest, EventsResponse
 from serving.service import Service, get_service
-from serving.store.base import NO_CATEGORY, Event
+from serving.store.base import NO_CATEGORY, Event, EventIdConflict
 
 router = APIRouter(route_class=WriteRoute, tags=["write"])
+
+
+def check_not_future(timestamps: list[int | None], loc: tuple[str, ...], skew_s: float | None) -> None:
+    """422 naming the first timestamp later than now + `skew_s` (unix seconds; None: no check)."""
+    if skew_s is None:
+        return
+    limit = time.time() + skew_s
+    for i, ts in enumerate(timestamps):
+        if ts is not None and ts > limit:
+            raise FieldError((*loc, i, "timestamp"), f"{ts} is in the future (later than now + max_clock_skew_s={skew_s:g} s; "
+                             "timestamps are unix seconds)")
 
 
 @router.post("/v1/events", response_model=EventsResponse)
@@ -24,10 +42,18 @@ async def events(req: EventsRequest, background: BackgroundTasks, svc: Annotated
     limit = svc.settings.max_events_per_request
     if len(req.events) > limit:
         raise FieldError(("body", "events"), f"at most {limit} events per request, got {len(req.events)}")
+    check_not_future([e.timestamp for e in req.events], ("body", "events"), svc.settings.max_clock_skew_s)
     evs = [Event(e.event_id, e.user_id, e.item_id, e.timestamp, NO_CATEGORY if e.category_id is None else e.category_id,
                  e.event_type) for e in req.events]
-    with svc.metrics.store_op("append"):
-        res = await run_in_threadpool(store.append, evs)  # returns once durable
+    try:
+        with svc.metrics.store_op("append"):
+            res = await run_in_threadpool(store.append, evs)  # returns once durable
+    except EventIdConflict as exc:
+        first = next(i for i, e in enumerate(evs) if e.event_id in exc.event_ids)
+        svc.metrics.events.labels("conflict").inc(len(exc.event_ids))
+        raise FieldError(("body", "events", first, "event_id"),
+                         f"event_id already stored with a different payload (user, item, timestamp, category or type): "
+                         f"{', '.join(exc.event_ids)}; nothing in this request was stored", 409) from None
     svc.metrics.events.labels("stored").inc(len(res.stored))
     svc.metrics.events.labels("duplicate").inc(len(res.duplicates))
     unknown: list[int] = []

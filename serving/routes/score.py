@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 
 from serving.auth import ReadRoute
 from serving.errors import FieldError
+from serving.routes.events import check_not_future
 from serving.schemas import RecentEvent, ScoreRequest, ScoreResponse
 from serving.scoring import Scoring
 from serving.service import Service, get_service
@@ -39,6 +40,9 @@ async def score(req: ScoreRequest, svc: Annotated[Service, Depends(get_service)]
             raise FieldError(("body", "context", "candidate_categories"),
                              f"must have one entry per candidate ({len(req.candidates)}), got {len(req.context.candidate_categories)}")
         cats = np.asarray(req.context.candidate_categories, dtype=np.int64)
-    recent = recent_history(req.recent_events) if req.recent_events else None
+    recent = None
+    if req.recent_events:
+        check_not_future([e.timestamp for e in req.recent_events], ("body", "recent_events"), svc.settings.max_clock_skew_s)
+        recent = recent_history(req.recent_events)
     raw = np.asarray(req.candidates, dtype=np.int64)
     return Response(await Scoring(svc).raw(req.user_id, raw, cats, recent), media_type="application/json")
