@@ -1,7 +1,8 @@
 """Grouping of concurrent requests with a bounded wait (one worker-thread call per group).
 
-The group function receives the requests together, but the service's `run_score_jobs` scores them
-one at a time: what a group saves is the thread hand-off per request, not model calls.
+The group function receives the requests together; the service's `run_score_jobs` scores a
+group of requests in one batched model call (serving/scoring.py), so a group saves both the
+thread hand-offs and per-request model calls.
 
 Requests are queued; one worker takes the first, then keeps collecting until it holds
 `max_batch` requests or the first has waited `max_wait_ms`, and runs the batch function once in

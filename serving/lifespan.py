@@ -4,6 +4,7 @@ request grouper, GC freeze; undone in reverse at shutdown."""
 from __future__ import annotations
 
 import gc
+from functools import partial
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -65,8 +66,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc.metrics.batch_latency.observe(seconds)
 
     b = settings.batch
-    svc.grouper = RequestGrouper(run_score_jobs, b.max_batch, b.max_wait_ms, b.max_queue, on_batch=on_group,
-                                 flush_when_idle=b.flush_when_idle, inline_when_alone=inline_scoring(settings, svc.store))
+    svc.grouper = RequestGrouper(partial(run_score_jobs, batched=b.batched_scoring), b.max_batch, b.max_wait_ms,
+                                 b.max_queue, on_batch=on_group, flush_when_idle=b.flush_when_idle,
+                                 inline_when_alone=inline_scoring(settings, svc.store))
     await svc.grouper.start()
     if svc.ctr is not None:
         await run_in_threadpool(svc.ctr.warm_up)

@@ -212,6 +212,34 @@ class CTRScorer:
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
 
+    def score_many(self, jobs: list[tuple[State, np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
+        """Click probabilities [C_b] (NaN for dense id 0) for several (state, dense candidates, raw
+        candidate categories or None) at once: one batched model call (`score_candidates_batch`)
+        over the users' jagged histories when the model has one and two or more users have known
+        candidates; else one `score` per user. Equal to `score` per user (tested)."""
+        out = [np.full(dense.shape, np.nan) for _, dense, _ in jobs]
+        live = [k for k, (_, dense, _) in enumerate(jobs) if (dense > 0).any()]
+        batched = getattr(self.model, "score_candidates_batch", None)
+        if batched is None or len(live) < 2:
+            for k in live:
+                state, dense, cats = jobs[k]
+                known = dense > 0
+                out[k][known] = self.score(state, dense[known], None if cats is None else cats[known])
+            return out
+        dev, ids, cats_dense = self.device, [], []
+        for k in live:
+            _, dense, raw_cats = jobs[k]
+            known = dense > 0
+            raw = np.full(int(known.sum()), -1, dtype=np.int64) if raw_cats is None else raw_cats[known]
+            ids.append(torch.from_numpy(dense[known]).to(dev))
+            cats_dense.append(torch.from_numpy(self.encode_categories(raw, dense[known])).to(dev))
+        with torch.inference_mode(), self._on_device():
+            logits = batched([jobs[k][0] for k in live], ids, cats_dense)
+        for k, lg in zip(live, logits):
+            out[k][jobs[k][1] > 0] = torch.sigmoid(lg.float()).cpu().numpy().astype(np.float64)
+        return out
+
+
 def clone_state(state: State) -> State:
     return {k: v.clone() for k, v in state.items()}
 

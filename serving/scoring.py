@@ -2,7 +2,8 @@
 and the ASGI fast path (serving/fastpath.py), so they answer with the same bytes.
 
 A request's user state is resolved through the state cache, and the scoring itself runs in the
-request grouper's worker-thread call (`run_score_jobs`), one request after the other.
+request grouper's worker-thread call (`run_score_jobs`): concurrent requests of different users
+are scored in one batched model call.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import orjson
 from fastapi.concurrency import run_in_threadpool
 
-from serving.models import CTRScorer, clone_state
+from serving.models import CTRScorer, State, clone_state
 from serving.service import Service
 from serving.state import StateCache, UserState
 from serving.store.base import History
@@ -30,33 +31,48 @@ class ScoreJob:
     recent: History | None  # request-only events applied on a copy of the state
 
 
-def score_job(job: ScoreJob) -> tuple[UserState, np.ndarray]:
-    """One request: its user state (an O(1) store read of the event count when cached), the
-    request-only events applied on a copy, and the known candidates scored (NaN for unknown)."""
+def job_state(job: ScoreJob) -> tuple[UserState, State]:
+    """A request's user state (an O(1) store read of the event count when cached) and the state to
+    score with: the request-only events applied on a copy."""
     us = job.user if job.user is not None else job.cache.get(job.scorer, job.user_id)
     state = us.state
     if job.recent is not None and len(job.recent):
-        r = job.recent  # request-only events right after the stored ones (seq us.seq+1..)
+        r = job.recent  # request-only events right after the stored ones (positions us.seq+1..)
         state = job.scorer.append(clone_state(state), History(r.items, r.categories, r.timestamps, us.seq + len(r)))
-    probs = np.full(job.dense.shape, np.nan)
-    known = job.dense > 0
-    if known.all():
-        probs = job.scorer.score(state, job.dense, job.cats)
-    elif known.any():
-        cats = None if job.cats is None else job.cats[known]
-        probs[known] = job.scorer.score(state, job.dense[known], cats)
-    return us, probs
+    return us, state
 
 
-def run_score_jobs(jobs: list[ScoreJob]) -> list[tuple[UserState, np.ndarray] | BaseException]:
-    """The group function: every queued request of one group, one after the other, in one
-    worker-thread call; an error is reported to its own request only."""
+def run_score_jobs(jobs: list[ScoreJob], batched: bool = True) -> list[tuple[UserState, np.ndarray] | BaseException]:
+    """The group function (one worker-thread call per group of requests): each request's state,
+    then, per CTR model, the group's candidates scored in ONE batched model call over the users'
+    jagged histories (`CTRScorer.score_many`; `batched=False` or a failure there: one call per
+    request). An error is reported to its own request only."""
     out: list[tuple[UserState, np.ndarray] | BaseException] = []
-    for job in jobs:
+    states: dict[int, tuple[UserState, State]] = {}
+    for k, job in enumerate(jobs):
         try:
-            out.append(score_job(job))
+            states[k] = job_state(job)
+            out.append(RuntimeError("not scored"))  # replaced below
         except Exception as exc:  # noqa: BLE001 - reported to that request only
             out.append(exc)
+    by_model: dict[int, list[int]] = {}
+    for k in states:
+        by_model.setdefault(id(jobs[k].scorer), []).append(k)
+    for group in by_model.values():
+        scorer = jobs[group[0]].scorer
+        if batched and len(group) > 1:
+            try:
+                probs = scorer.score_many([(states[k][1], jobs[k].dense, jobs[k].cats) for k in group])
+                for k, p in zip(group, probs):
+                    out[k] = (states[k][0], p)
+                continue
+            except Exception:  # noqa: BLE001 - retried one by one: each request gets its own outcome
+                pass
+        for k in group:
+            try:
+                out[k] = (states[k][0], scorer.score_many([(states[k][1], jobs[k].dense, jobs[k].cats)])[0])
+            except Exception as exc:  # noqa: BLE001 - reported to that request only
+                out[k] = exc
     return out
 
 

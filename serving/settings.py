@@ -34,6 +34,9 @@ class BatchSettings(StrictModel):
     max_queue: int = Field(1024, ge=1)
     flush_when_idle: bool = True
     inline_when_alone: bool | None = None
+    #: score a group's requests (different users, jagged histories) in one batched model call
+    #: (`score_candidates_batch`; models without one, and groups of one, are scored per request)
+    batched_scoring: bool = True
 
 
 class ServingSettings(StrictModel):
