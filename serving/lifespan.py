@@ -16,7 +16,7 @@ from serving.grouper import RequestGrouper
 from serving.models import CTRScorer, Retriever
 from serving.scoring import run_score_jobs
 from serving.service import Service
-from serving.settings import inline_scoring
+from serving.settings import batched_scoring, inline_scoring
 from serving.state import StateCache
 from serving.store import open_store
 
@@ -66,7 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc.metrics.batch_latency.observe(seconds)
 
     b = settings.batch
-    svc.grouper = RequestGrouper(partial(run_score_jobs, batched=b.batched_scoring), b.max_batch, b.max_wait_ms,
+    svc.grouper = RequestGrouper(partial(run_score_jobs, batched=batched_scoring(settings)), b.max_batch, b.max_wait_ms,
                                  b.max_queue, on_batch=on_group, flush_when_idle=b.flush_when_idle,
                                  inline_when_alone=inline_scoring(settings, svc.store))
     await svc.grouper.start()

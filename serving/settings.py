@@ -35,8 +35,10 @@ class BatchSettings(StrictModel):
     flush_when_idle: bool = True
     inline_when_alone: bool | None = None
     #: score a group's requests (different users, jagged histories) in one batched model call
-    #: (`score_candidates_batch`; models without one, and groups of one, are scored per request)
-    batched_scoring: bool = True
+    #: (`score_candidates_batch`; models without one, and groups of one, are scored per request).
+    #: None (default) = on when serving on CUDA, off on the CPU, where it measured 1.14x for SDIM
+    #: but 0.83x for DARE (8 users, L=2000, C=512: the batch's [B,C,L] search scores leave the cache)
+    batched_scoring: bool | None = None
 
 
 class ServingSettings(StrictModel):
@@ -118,6 +120,13 @@ class ServingSettings(StrictModel):
             return self.token
         value = os.environ.get(self.token_env, "")
         return value or None
+
+
+def batched_scoring(settings: ServingSettings) -> bool:
+    """Whether a group of requests is scored in one model call: `batch.batched_scoring`, or when
+    unset, only on a CUDA device."""
+    explicit = settings.batch.batched_scoring
+    return explicit if explicit is not None else settings.device.startswith("cuda")
 
 
 def inline_scoring(settings: ServingSettings, store: object) -> bool:

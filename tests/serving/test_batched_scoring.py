@@ -74,7 +74,8 @@ def test_group_of_requests_is_one_model_call_with_the_same_scores(tmp_path: Path
 
 def test_concurrent_requests_through_the_app_share_one_model_call(tmp_path: Path) -> None:
     settings = ServingSettings(store=f"sqlite:{tmp_path / 's.sqlite3'}", token="t",
-                               batch=BatchSettings(max_batch=8, max_wait_ms=500, flush_when_idle=False, inline_when_alone=False))
+                               batch=BatchSettings(max_batch=8, max_wait_ms=500, flush_when_idle=False, inline_when_alone=False,
+                                                   batched_scoring=True))
     scorer = M.ctr_scorer("sdim", init_std=0.3)
     app = create_app(settings, ctr=scorer)
     calls: list[int] = []
@@ -100,3 +101,12 @@ def test_concurrent_requests_through_the_app_share_one_model_call(tmp_path: Path
     for a, b in zip(together, one_by_one):
         assert a["history_length"] == b["history_length"]
         np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-5, atol=1e-7)
+
+
+def test_batched_scoring_defaults_to_cuda_only() -> None:
+    from serving.settings import batched_scoring
+
+    assert not batched_scoring(ServingSettings())
+    assert batched_scoring(ServingSettings(device="cuda"))
+    assert batched_scoring(ServingSettings(batch=BatchSettings(batched_scoring=True)))
+    assert not batched_scoring(ServingSettings(device="cuda:0", batch=BatchSettings(batched_scoring=False)))
