@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS events (
     user_id INTEGER NOT NULL, seq INTEGER NOT NULL, item_id INTEGER NOT NULL,
     category_id INTEGER NOT NULL, ts INTEGER NOT NULL, event_type TEXT, event_id TEXT,
     PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_order ON events (user_id, ts, seq);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (user_id, ts, seq, item_id, category_id);  -- covering: reads in time order
 CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY, created REAL NOT NULL, payload TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS event_ids_created ON event_ids (created);
 CREATE TABLE IF NOT EXISTS states (
@@ -188,13 +188,18 @@ class SQLiteStore(UserStore):
         """Retained events with seq > since_seq, the newest `max_len` of them, in timestamp order."""
         with self._lock:
             seq, reorder, _, _ = self._user_locked(user_id)
-            rows = self._db.execute(
-                "SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY ts DESC, seq DESC LIMIT ?",
-                (user_id, since_seq, -1 if max_len is None else max_len),
-            ).fetchall()
+            if since_seq > 0 and max_len is None:  # a catch-up tail: a primary-key range, sorted below
+                rows = self._db.execute("SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY seq",
+                                        (user_id, since_seq)).fetchall()
+            else:  # the newest max_len in time order (covering index)
+                rows = self._db.execute(
+                    "SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY ts DESC, seq DESC LIMIT ?",
+                    (user_id, since_seq, -1 if max_len is None else max_len),
+                ).fetchall()[::-1]
         if not rows:
             return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=int(seq or 0), reordered_at=int(reorder or 0))
-        arr = np.asarray(rows[::-1], dtype=np.int64)
+        arr = np.asarray(rows, dtype=np.int64)
+        arr = arr[np.argsort(arr[:, 2], kind="stable")]  # time order, ties by seq (a no-op for in-order rows)
         return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), int(seq or 0), int(reorder or 0))
 
     def has_event(self, event_id: str) -> bool:
