@@ -8,7 +8,6 @@ window with the same payload is a duplicate (200, listed in `duplicates`), with 
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 import numpy as np
@@ -20,19 +19,9 @@ from serving.errors import FieldError
 from serving.schemas import EventsRequest, EventsResponse
 from serving.service import Service, get_service
 from serving.store.base import NO_CATEGORY, Event, EventIdConflict
+from serving.timestamps import check_not_future
 
 router = APIRouter(route_class=WriteRoute, tags=["write"])
-
-
-def check_not_future(timestamps: list[int | None], loc: tuple[str, ...], skew_s: float | None) -> None:
-    """422 naming the first timestamp later than now + `skew_s` (unix seconds; None: no check)."""
-    if skew_s is None:
-        return
-    limit = time.time() + skew_s
-    for i, ts in enumerate(timestamps):
-        if ts is not None and ts > limit:
-            raise FieldError((*loc, i, "timestamp"), f"{ts} is in the future (later than now + max_clock_skew_s={skew_s:g} s; "
-                             "timestamps are unix seconds)")
 
 
 @router.post("/v1/events", response_model=EventsResponse)

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Response
 
 from serving.auth import ReadRoute
 from serving.errors import FieldError
-from serving.routes.events import check_not_future
 from serving.schemas import RecentEvent, ScoreRequest, ScoreResponse
 from serving.scoring import Scoring
 from serving.service import Service, get_service
 from serving.store.base import NO_CATEGORY, History
+from serving.timestamps import check_not_future
 
 router = APIRouter(route_class=ReadRoute, tags=["read"])
 
