@@ -3,7 +3,7 @@
 
 MODEL_DIR is a run directory; its task (config.yaml) says whether it is the CTR model or the
 retrieval (next-item) model. The store is bootstrapped from the CTR model's build
-(sequences.parquet) unless --no-bootstrap; users that already have events are left alone.
+(its `sequences/` parts) unless --no-bootstrap; users that already have events are left alone.
 Write/admin endpoints need a bearer token: --config `token`, or $RECSYS_SERVING_TOKEN; if neither
 is set a random token is generated and printed once at start-up.
 """
@@ -41,9 +41,9 @@ def run_task(model_dir: Path) -> str:
 
 
 def build_dir_of(model_dir: Path) -> Path | None:
-    """The build the run was trained on, when its sequences.parquet is still there (bootstrap)."""
+    """The build the run was trained on, when it is still there (its manifest.json: bootstrap)."""
     path = Path(run_config(model_dir).data.build_dir)
-    return path if (path / "sequences.parquet").is_file() else None
+    return path if (path / "manifest.json").is_file() else None
 
 
 def settings_from_args(args: argparse.Namespace) -> ServingSettings:
@@ -87,7 +87,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--store", help="sqlite:PATH (default sqlite:serving_state.sqlite3) or redis://host:port/db")
-    parser.add_argument("--bootstrap", help="build directory whose sequences.parquet seeds the store (default: the CTR model's build)")
+    parser.add_argument("--bootstrap", help="build directory whose sequences seed the store (default: the CTR model's build)")
     parser.add_argument("--no-bootstrap", action="store_true", help="do not seed the store")
     parser.add_argument("--ray", action="store_true", help="serve with Ray Serve (replicas share a Redis store)")
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")

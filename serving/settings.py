@@ -50,7 +50,7 @@ class ServingSettings(StrictModel):
     #: directories of the model directories the server was started with (they and their siblings)
     reload_roots: list[Path] | None = None
     store: str = "sqlite:serving_state.sqlite3"  # sqlite:PATH or redis://host:port/db
-    bootstrap_build_dir: Path | None = None  # load sequences.parquet into an empty store at start-up
+    bootstrap_build_dir: Path | None = None  # load the build's sequences into an empty store at start-up
     #: history window (events) the CTR model is served with; None = the cap the model was trained
     #: with (its run's config.yaml `ctr.max_history`; 2000 for runs that predate that section)
     max_history: int | None = Field(None, ge=1)

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recsys.artifacts import library_versions, write_manifest
 from recsys.config import config_hash
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.build_config import BuildConfig, resolved_source
 from recsys.data.ctr_samples import build_ctr_samples
 from recsys.data.negatives import eval_negatives
@@ -154,23 +153,6 @@ def transform(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, Glob
 # ---------------------------------------------------------------- writing
 
 
-def _write_parquet(df: pl.DataFrame, path: Path) -> None:
-    """Deterministic parquet: one chunk, fixed writer settings (byte-identical for equal tables)."""
-    table: pa.Table = df.to_arrow().combine_chunks()
-    # polars exports large_list/large_string; the contract uses plain Arrow types
-    fields = []
-    for f in table.schema:
-        t = f.type
-        if pa.types.is_large_list(t):
-            v = t.value_type
-            t = pa.list_(pa.string() if pa.types.is_large_string(v) else v)
-        elif pa.types.is_large_string(t):
-            t = pa.string()
-        fields.append(pa.field(f.name, t, nullable=f.nullable))
-    table = table.cast(pa.schema(fields))
-    pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20)
-
-
 def length_stats(seqs: pl.DataFrame) -> dict[str, float]:
     lengths = seqs[schema.SEQ_ITEMS].list.len().to_numpy()
     if lengths.size == 0:
@@ -187,11 +169,15 @@ def length_stats(seqs: pl.DataFrame) -> dict[str, float]:
 def write_build(out: Path, tables: BuildTables, stats: GlobalStats, validated: Validated, cfg: BuildConfig,
                 engine: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    (out / schema.MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until the new manifest is written
+    for name in layout.PER_USER_TABLES:
+        shutil.rmtree(out / name, ignore_errors=True)
     write_vocabularies(stats.vocabs, out)
-    _write_parquet(tables.sequences, out / schema.SEQUENCES_FILE)
-    _write_parquet(tables.eval_negatives, out / schema.EVAL_NEGATIVES_FILE)
-    _write_parquet(tables.ctr_samples, out / schema.CTR_SAMPLES_FILE)
-    _write_parquet(validated.rejects, out / schema.REJECTS_FILE)
+    count = cfg.num_buckets
+    for name, df in ((layout.SEQUENCES, tables.sequences), (layout.EVAL_NEGATIVES, tables.eval_negatives),
+                     (layout.CTR_SAMPLES, tables.ctr_samples)):
+        layout.write_partitioned(out, name, df, layout.part_of(df[schema.USER].to_numpy(), count), count)
+    layout.write_part(validated.rejects, out / schema.REJECTS_FILE)
     ctr = tables.ctr_samples
     ctr_counts = {s: int(n) for s, n in ctr.group_by(schema.SPLIT).len().sort(schema.SPLIT).iter_rows()}
     extra = {
@@ -210,6 +196,7 @@ def write_build(out: Path, tables: BuildTables, stats: GlobalStats, validated: V
             "ctr_positive_labels": int(ctr[schema.LABEL].cast(pl.Int64).sum()) if ctr.height else 0,
         },
         "vocab_sizes": {k: len(v) for k, v in stats.vocabs.items()},
+        "layout": layout.layout_entry(count, "splitmix64(dense user id) % num_parts"),
         "length_stats": length_stats(tables.sequences),
         "versions_data": library_versions(),
     }
