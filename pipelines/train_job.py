@@ -8,12 +8,18 @@ vocab, metrics.jsonl, eval.json, index, manifest).
 
 Design choices (and why):
 - Data sharding: each worker's task is built by `recsys.experiment.build_task(cfg, rank,
-  world_size)` from the build's parquet (strided shard of the training users / CTR samples), rather
-  than from a Ray Data `get_dataset_shard`. The tasks' vectorised batch builders need every user's
-  whole jagged sequence in memory (CTR histories are prefixes of sequences, negatives exclude each
-  user's full train set, validation scores all users), so a Ray Data shard would only select row
-  ids; a strided shard is deterministic (Ray Data's streaming split is not), which keeps a resumed
-  run on the same data per rank after a worker failure, and it keeps per-rank step counts known.
+  world_size)` from its parts of the partitioned build only (`layout.worker_parts(rank, world,
+  num_parts)`: the sequences, CTR samples and eval negatives of its users), so a worker holds
+  O(build / world) (benchmarks/train_ingest.py), rather than from a Ray Data
+  `get_dataset_shard`. The tasks' vectorised batch builders need each user's whole jagged sequence
+  in memory (CTR histories are prefixes of sequences, negatives exclude each user's full train set),
+  and a part holds whole users; a part assignment is deterministic (Ray Data's streaming split is
+  not), which keeps a restarted worker on the same data after a failure, and it keeps per-rank step
+  counts known. What spans all users (next-item item frequencies and mean positions, the fixed
+  validation sample, the MQSA-TED teacher graph) is combined over the workers at start-up
+  (recsys/tasks/collective.py, O(items)), and validation/test are collectives: every rank scores
+  its own users and the metric sums (next-item) or the (user, label, score) triples (CTR, for AUC)
+  are combined, so every rank returns the metrics of all users.
   Steps are equalised across ranks (`_EqualSteps`): the shorter shard repeats its last batch so the
   per-step gradient all-reduce never waits on a rank that has finished its epoch.
 - Dense parameters: data parallel. `fit` all-reduces (averages) every gradient each step when a
@@ -57,9 +63,8 @@ CHECKPOINT_FILES = ("checkpoint.safetensors", "checkpoint.json", "best.safetenso
 # ----------------------------------------------------------------------------------------------
 # the task seen by fit inside a Ray worker
 class _EqualSteps:
-    """Wraps this worker's task: the same number of steps on every rank, optional failure
-    injection, and validation computed on rank 0 only (fit broadcasts rank 0's value; other ranks
-    skip the work)."""
+    """Wraps this worker's task: the same number of steps on every rank and optional failure
+    injection. Validation is a collective (every rank scores its users; the task combines them)."""
 
     def __init__(self, task: Any, rank: int, world_size: int, steps: int, fail_at: dict[str, Any] | None) -> None:
         self.task, self.rank, self.world_size, self.steps = task, rank, world_size, steps
@@ -112,9 +117,47 @@ class _EqualSteps:
         return loss, logs
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        if self.rank != 0:
-            return {self.primary_metric: float("nan")}  # replaced by rank 0's value (broadcast in fit)
         return self.task.evaluate(getattr(model, "module", model), split)
+
+
+class _Evaluated:
+    """The task as `finalize_run` (rank 0 only) sees it: its valid/test metrics were computed
+    before by all ranks together (evaluation is a collective)."""
+
+    def __init__(self, task: Any, metrics: dict[str, dict[str, float]]) -> None:
+        self.task, self.metrics, self.primary_metric = task, metrics, task.primary_metric
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        return self.metrics[split]
+
+
+def _evaluate_all(task: Any, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """valid and test metrics of `model` (a collective: every rank calls it)."""
+    model.eval()
+    with torch.no_grad():
+        return {split: task.evaluate(model, split) for split in ("valid", "test")}
+
+
+def _global_teacher(task: Any, max_len: int, time_span: int, world_size: int) -> Any:
+    """The MQSA-TED teacher graph of ALL workers' users: each rank counts its users' train
+    transitions and the (src, dst) counts are summed over ranks (O(distinct transitions)), the
+    same graph as `TransitionGraph.from_sequences` on the whole build."""
+    import numpy as np
+
+    from recsys.models.transitions import TransitionGraph
+    from recsys.tasks.collective import all_concat
+
+    local = TransitionGraph.from_sequences(task.seqs, task.train_ends, max_len=max_len, time_span=time_span,
+                                           num_items=task.num_items)
+    n1 = task.num_items + 1
+    src = np.repeat(np.arange(n1, dtype=np.int64), np.diff(local.indptr.numpy()))
+    keys = all_concat(src * n1 + local.indices.numpy(), world_size)
+    counts = all_concat(local.counts.numpy().astype(np.float64), world_size)
+    key, inverse = np.unique(keys, return_inverse=True)  # sorted by (src, dst), as from_sequences
+    indptr = np.zeros(n1 + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // n1, minlength=n1), out=indptr[1:])
+    return TransitionGraph(task.num_items, torch.from_numpy(indptr), torch.from_numpy(key % n1),
+                           torch.from_numpy(np.bincount(inverse, weights=counts).astype(np.float32)))
 
 
 def _global_max(value: int) -> int:
@@ -181,9 +224,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_gpu = bool(config.get("use_gpu"))
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
 
-    task = build_task(cfg, rank=rank, world_size=world)  # this rank's strided shard (next-item and CTR)
+    task = build_task(cfg, rank=rank, world_size=world)  # this rank's parts of the build (next-item and CTR)
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank
-    model = build_model(cfg, task).to(device)
+    model = build_model(cfg, task if world == 1 else None)
+    if world > 1 and hasattr(model, "attach_teacher"):  # MQSA-TED: the teacher of all users
+        mcfg = cfg.model_cfg()
+        model.attach_teacher(_global_teacher(task, mcfg.max_len, getattr(mcfg, "time_span", 1), world))
+    model = model.to(device)
     if use_gpu:
         model = _wrap_gpu_model(model, device)
     restored = _restore_checkpoint(run_dir, rank)
@@ -214,8 +261,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     result = fit(model, wrapped, train_cfg, run_dir, resume=restored or bool(config.get("resume")),
                  rank=rank, world_size=world, device=device, on_epoch_end=lambda epoch, _ckpt: report(epoch))
     final = {"best_metric": result.best_metric, "best_epoch": result.best_epoch, "done": 1}
+    evaluated = _Evaluated(task, _evaluate_all(task, getattr(model, "module", model)))  # all ranks
     if rank == 0:
-        finalize_run(cfg, task, getattr(model, "module", model).cpu(), result, run_dir, extra={"ray_workers": world})
+        finalize_run(cfg, evaluated, getattr(model, "module", model).cpu(), result, run_dir,
+                     extra={"ray_workers": world})
     report(result.epochs_run, final)
 
 
