@@ -168,17 +168,78 @@ def _global_max(value: int) -> int:
     return value
 
 
-def _wrap_gpu_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """torchrec DistributedModelParallel: the planner shards the embedding tables over the workers,
-    the dense rest is wrapped in DDP. GPU + NCCL only (not run on CPU)."""
+def shard_embeddings(model: torch.nn.Module, device: torch.device, *, compute_device: str,
+                     embedding_optimizer: tuple[type, dict[str, Any]], sharding_type: str | None = None) -> Any:
+    """torchrec DistributedModelParallel over the initialised process group: the planner
+    (`EmbeddingShardingPlanner` on a `compute_device` topology of all ranks) shards the model's
+    torchrec embedding tables, restricted to `sharding_type` ("row_wise", "table_wise", ...) when
+    given, and the dense rest is wrapped in DDP (gradients averaged). The sharded tables are
+    updated inside the backward by fbgemm's fused optimizer `embedding_optimizer` = (torch optimizer
+    class, kwargs), e.g. (torch.optim.SGD, {"lr": 0.1}). A row's owner receives every rank's
+    gradient, divided by the world size in torchrec's all-to-all (`comm_ops` gradient division, on
+    by default), i.e. the average of data parallelism, so the same hyper-parameters give the same
+    update (measured: 1 step with undivided lr / world moved rows by exactly half). The unsharded
+    weights are copied into the shards. fbgemm's CPU kernels implement only
+    EXACT_SGD, EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD and EMAINPLACE_ROWWISE_ADAGRAD (Adam is
+    GPU-only: "Optimizer OptimType.ADAM is not supported in CPU mode");
+    tests/pipelines/test_torchrec_sharding.py trains 2 gloo CPU ranks against data parallelism."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     world = torch.distributed.get_world_size()
-    topology = Topology(world_size=world, compute_device="cuda", local_world_size=torch.cuda.device_count() or 1)
-    planner = EmbeddingShardingPlanner(topology=topology)
+    collections = [m for m in model.modules() if isinstance(m, (EmbeddingCollection, EmbeddingBagCollection))]
+    if not collections:
+        raise ValueError(f"{type(model).__name__} has no torchrec embedding collection to shard "
+                         "(models with embedding_backend: torchrec have one)")
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer_class, kwargs = embedding_optimizer
+    for collection in collections:
+        apply_optimizer_in_backward(optimizer_class, collection.parameters(), kwargs)
+    constraints = None
+    if sharding_type is not None:
+        tables = [t.name for c in collections for t in c.embedding_configs()] if hasattr(collections[0], "embedding_configs") \
+            else [t.name for c in collections for t in c.embedding_bag_configs()]
+        constraints = {name: ParameterConstraints(sharding_types=[sharding_type]) for name in tables}
+    local = torch.cuda.device_count() if compute_device == "cuda" else world
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=compute_device,
+                                                         local_world_size=local or 1), constraints=constraints)
     plan = planner.collective_plan(model, get_default_sharders(), torch.distributed.GroupMember.WORLD)
-    return DistributedModelParallel(module=model, device=device, plan=plan)
+    dmp = DistributedModelParallel(module=model, device=device, plan=plan)
+    _copy_into_shards(dmp, initial)
+    return dmp
+
+
+def _copy_into_shards(dmp: torch.nn.Module, initial: dict[str, torch.Tensor]) -> None:
+    """Write the unsharded initial weights into this rank's shards (the planner's kernels start
+    from their own initialisation), so sharded and data-parallel runs start equal."""
+    with torch.no_grad():
+        for key, value in dmp.state_dict().items():
+            name = key.removeprefix("module.")
+            if name not in initial:
+                raise KeyError(f"sharded state {key!r} has no unsharded counterpart")
+            if hasattr(value, "local_shards"):  # ShardedTensor: the rows/columns this rank owns
+                for shard in value.local_shards():
+                    index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets,
+                                                                   shard.metadata.shard_sizes))
+                    shard.tensor.copy_(initial[name][index])
+            else:
+                value.copy_(initial[name])
+
+
+def _wrap_gpu_model(model: torch.nn.Module, device: torch.device, train_cfg: Any) -> torch.nn.Module:
+    """GPU + NCCL: torchrec sharding with fbgemm's fused Adam for the tables, with `fit`'s Adam
+    hyper-parameters (the sharded gradient is the data-parallel average). Not run here (no GPU in
+    the test suite); the same `shard_embeddings` runs on CPU in
+    tests/pipelines/test_torchrec_sharding.py. Models that read the whole table (SASRec's
+    `item_embeddings()` for its logits) cannot run sharded: a rank holds only its rows."""
+    if train_cfg.optimizer != "adam":
+        raise ValueError(f"--gpu: train.optimizer {train_cfg.optimizer!r} has no fused embedding counterpart "
+                         "here (torchrec maps torch.optim.Adam to fbgemm ADAM); use 'adam'")
+    kwargs = {"lr": train_cfg.lr, "betas": tuple(train_cfg.betas), "weight_decay": train_cfg.weight_decay}
+    return shard_embeddings(model, device, compute_device="cuda", embedding_optimizer=(torch.optim.Adam, kwargs))
 
 
 def _restore_checkpoint(run_dir: Path, rank: int) -> bool:
@@ -232,7 +293,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.attach_teacher(_global_teacher(task, mcfg.max_len, getattr(mcfg, "time_span", 1), world))
     model = model.to(device)
     if use_gpu:
-        model = _wrap_gpu_model(model, device)
+        model = _wrap_gpu_model(model, device, train_cfg)
     restored = _restore_checkpoint(run_dir, rank)
     steps = _global_max(task.num_train_batches(train_cfg.batch_size))
     metrics_path = run_dir / "metrics.jsonl"
