@@ -92,6 +92,9 @@ class _EqualSteps:
             yield batch
             n, last = n + 1, batch
             self.global_step += 1
+        if last is None and self.steps > 0:  # the other ranks would wait in the all-reduce forever
+            raise RuntimeError(f"rank {self.rank}: no training batch in its parts {getattr(self.task, 'parts', '?')} "
+                               f"while other ranks run {self.steps} steps; build with more users per part")
         while n < self.steps and last is not None:  # shorter shard: repeat its last batch
             self._maybe_fail()
             yield last

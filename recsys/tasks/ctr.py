@@ -143,7 +143,8 @@ class CTRTask:
             raise ValueError("eval_batch_size and bucket_batches must be >= 1")
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.max_history, self.eval_batch_size, self.bucket_batches = max_history, eval_batch_size, bucket_batches
-        self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir, self.parts)
+        self.seqs = sequences if sequences is not None else JaggedSequences.read(
+            self.build_dir, self.parts, columns=(schema.SEQ_CATEGORIES,))  # no times: unused
         items_vocab = self.build_dir / schema.VOCAB_DIR / schema.ITEMS_VOCAB
         self.num_items = int(pq.read_metadata(str(items_vocab)).num_rows) if items_vocab.is_file() else None
         self.splits = read_ctr_samples(self.build_dir, self.seqs, self.num_items, self.parts)

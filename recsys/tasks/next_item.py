@@ -95,7 +95,8 @@ class NextItemTask:
         self.ks = tuple(ks)
         self.rank, self.world_size = rank, world_size
         self.parts = collective.shard_parts(self.build_dir, rank, world_size)  # this worker's users
-        self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir, self.parts)
+        self.seqs = sequences if sequences is not None else JaggedSequences.read(
+            self.build_dir, self.parts, columns=())  # items only
         self.num_items = _num_items(self.build_dir)
         seqs = self.seqs
         if seqs.items.size and (seqs.items.min() < 1 or seqs.items.max() > self.num_items):
@@ -109,13 +110,9 @@ class NextItemTask:
         self.train_rows = np.flatnonzero(self.train_ends >= 2)  # this worker's users (all when unsharded)
         self.eval_rows = np.flatnonzero(lengths >= 3)
 
-        # sorted membership keys row*(N+1)+item of every (row, train item)
-        n1 = self.num_items + 1
-        flat_row = np.repeat(np.arange(seqs.num_users, dtype=np.int64), lengths)
-        in_row = np.arange(seqs.items.size, dtype=np.int64) - seqs.offsets[flat_row]
-        in_train = in_row < self.train_ends[flat_row]
-        self._train_keys = torch.from_numpy(np.unique(flat_row[in_train] * n1 + seqs.items[in_train]))
-        counts = collective.all_sum(np.bincount(seqs.items[in_train], minlength=n1).astype(np.float64), world_size)
+        keys, local_counts = self._train_membership()
+        self._train_keys = torch.from_numpy(keys)  # sorted keys row*(N+1)+item of every (row, train item)
+        counts = collective.all_sum(local_counts.astype(np.float64), world_size)
         counts[0] = 0.0
         self.item_counts = counts  # train-part frequency per item id over all workers (index 0 = padding)
         #: mean valid (input, target) positions per train row (all workers' rows, so every Ray
@@ -125,6 +122,24 @@ class NextItemTask:
         self.mean_positions = float(total) / float(count) if count else 0.0
         self.valid_rows = self._valid_sample()
         self._negatives: np.ndarray | None = None
+
+    def _train_membership(self, chunk_events: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique keys row*(N+1)+item over every row's train part, train item counts),
+        over blocks of rows of about `chunk_events` events: rows ascend, so the blocks' keys are
+        disjoint and ascending, and the temporaries stay O(block) instead of several x events."""
+        seqs, n1 = self.seqs, self.num_items + 1
+        counts = np.zeros(n1, dtype=np.int64)
+        keys = []
+        starts = np.searchsorted(seqs.offsets[:-1], np.arange(0, seqs.items.size, chunk_events), side="right") - 1
+        bounds = np.unique(np.r_[np.maximum(starts, 0), seqs.num_users])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rows = np.arange(lo, hi, dtype=np.int64)
+            ends = self.train_ends[rows]
+            index = np.repeat(seqs.offsets[rows] - np.r_[0, np.cumsum(ends)[:-1]], ends) + np.arange(ends.sum())
+            items = seqs.items[index]
+            keys.append(np.unique(np.repeat(rows, ends) * n1 + items))
+            counts += np.bincount(items, minlength=n1)
+        return (np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)), counts
 
     # ------------------------------------------------------------------------------ training
 
