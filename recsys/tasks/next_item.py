@@ -123,7 +123,7 @@ class NextItemTask:
         self.valid_rows = self._valid_sample()
         self._negatives: np.ndarray | None = None
 
-    def _train_membership(self, chunk_events: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    def _train_membership(self, chunk_events: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
         """(sorted unique keys row*(N+1)+item over every row's train part, train item counts),
         over blocks of rows of about `chunk_events` events: rows ascend, so the blocks' keys are
         disjoint and ascending, and the temporaries stay O(block) instead of several x events."""
