@@ -8,12 +8,18 @@ vocab, metrics.jsonl, eval.json, index, manifest).
 
 Design choices (and why):
 - Data sharding: each worker's task is built by `recsys.experiment.build_task(cfg, rank,
-  world_size)` from the build's parquet (strided shard of the training users / CTR samples), rather
-  than from a Ray Data `get_dataset_shard`. The tasks' vectorised batch builders need every user's
-  whole jagged sequence in memory (CTR histories are prefixes of sequences, negatives exclude each
-  user's full train set, validation scores all users), so a Ray Data shard would only select row
-  ids; a strided shard is deterministic (Ray Data's streaming split is not), which keeps a resumed
-  run on the same data per rank after a worker failure, and it keeps per-rank step counts known.
+  world_size)` from its parts of the partitioned build only (`layout.worker_parts(rank, world,
+  num_parts)`: the sequences, CTR samples and eval negatives of its users), so a worker holds
+  O(build / world) (benchmarks/train_ingest.py), rather than from a Ray Data
+  `get_dataset_shard`. The tasks' vectorised batch builders need each user's whole jagged sequence
+  in memory (CTR histories are prefixes of sequences, negatives exclude each user's full train set),
+  and a part holds whole users; a part assignment is deterministic (Ray Data's streaming split is
+  not), which keeps a restarted worker on the same data after a failure, and it keeps per-rank step
+  counts known. What spans all users (next-item item frequencies and mean positions, the fixed
+  validation sample, the MQSA-TED teacher graph) is combined over the workers at start-up
+  (recsys/tasks/collective.py, O(items)), and validation/test are collectives: every rank scores
+  its own users and the metric sums (next-item) or the (user, label, score) triples (CTR, for AUC)
+  are combined, so every rank returns the metrics of all users.
   Steps are equalised across ranks (`_EqualSteps`): the shorter shard repeats its last batch so the
   per-step gradient all-reduce never waits on a rank that has finished its epoch.
 - Dense parameters: data parallel. `fit` all-reduces (averages) every gradient each step when a
@@ -57,9 +63,8 @@ CHECKPOINT_FILES = ("checkpoint.safetensors", "checkpoint.json", "best.safetenso
 # ----------------------------------------------------------------------------------------------
 # the task seen by fit inside a Ray worker
 class _EqualSteps:
-    """Wraps this worker's task: the same number of steps on every rank, optional failure
-    injection, and validation computed on rank 0 only (fit broadcasts rank 0's value; other ranks
-    skip the work)."""
+    """Wraps this worker's task: the same number of steps on every rank and optional failure
+    injection. Validation is a collective (every rank scores its users; the task combines them)."""
 
     def __init__(self, task: Any, rank: int, world_size: int, steps: int, fail_at: dict[str, Any] | None) -> None:
         self.task, self.rank, self.world_size, self.steps = task, rank, world_size, steps
@@ -87,6 +92,9 @@ class _EqualSteps:
             yield batch
             n, last = n + 1, batch
             self.global_step += 1
+        if last is None and self.steps > 0:  # the other ranks would wait in the all-reduce forever
+            raise RuntimeError(f"rank {self.rank}: no training batch in its parts {getattr(self.task, 'parts', '?')} "
+                               f"while other ranks run {self.steps} steps; build with more users per part")
         while n < self.steps and last is not None:  # shorter shard: repeat its last batch
             self._maybe_fail()
             yield last
@@ -112,9 +120,47 @@ class _EqualSteps:
         return loss, logs
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        if self.rank != 0:
-            return {self.primary_metric: float("nan")}  # replaced by rank 0's value (broadcast in fit)
         return self.task.evaluate(getattr(model, "module", model), split)
+
+
+class _Evaluated:
+    """The task as `finalize_run` (rank 0 only) sees it: its valid/test metrics were computed
+    before by all ranks together (evaluation is a collective)."""
+
+    def __init__(self, task: Any, metrics: dict[str, dict[str, float]]) -> None:
+        self.task, self.metrics, self.primary_metric = task, metrics, task.primary_metric
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        return self.metrics[split]
+
+
+def _evaluate_all(task: Any, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """valid and test metrics of `model` (a collective: every rank calls it)."""
+    model.eval()
+    with torch.no_grad():
+        return {split: task.evaluate(model, split) for split in ("valid", "test")}
+
+
+def _global_teacher(task: Any, max_len: int, time_span: int, world_size: int) -> Any:
+    """The MQSA-TED teacher graph of ALL workers' users: each rank counts its users' train
+    transitions and the (src, dst) counts are summed over ranks (O(distinct transitions)), the
+    same graph as `TransitionGraph.from_sequences` on the whole build."""
+    import numpy as np
+
+    from recsys.models.transitions import TransitionGraph
+    from recsys.tasks.collective import all_concat
+
+    local = TransitionGraph.from_sequences(task.seqs, task.train_ends, max_len=max_len, time_span=time_span,
+                                           num_items=task.num_items)
+    n1 = task.num_items + 1
+    src = np.repeat(np.arange(n1, dtype=np.int64), np.diff(local.indptr.numpy()))
+    keys = all_concat(src * n1 + local.indices.numpy(), world_size)
+    counts = all_concat(local.counts.numpy().astype(np.float64), world_size)
+    key, inverse = np.unique(keys, return_inverse=True)  # sorted by (src, dst), as from_sequences
+    indptr = np.zeros(n1 + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // n1, minlength=n1), out=indptr[1:])
+    return TransitionGraph(task.num_items, torch.from_numpy(indptr), torch.from_numpy(key % n1),
+                           torch.from_numpy(np.bincount(inverse, weights=counts).astype(np.float32)))
 
 
 def _global_max(value: int) -> int:
@@ -125,17 +171,78 @@ def _global_max(value: int) -> int:
     return value
 
 
-def _wrap_gpu_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """torchrec DistributedModelParallel: the planner shards the embedding tables over the workers,
-    the dense rest is wrapped in DDP. GPU + NCCL only (not run on CPU)."""
+def shard_embeddings(model: torch.nn.Module, device: torch.device, *, compute_device: str,
+                     embedding_optimizer: tuple[type, dict[str, Any]], sharding_type: str | None = None) -> Any:
+    """torchrec DistributedModelParallel over the initialised process group: the planner
+    (`EmbeddingShardingPlanner` on a `compute_device` topology of all ranks) shards the model's
+    torchrec embedding tables, restricted to `sharding_type` ("row_wise", "table_wise", ...) when
+    given, and the dense rest is wrapped in DDP (gradients averaged). The sharded tables are
+    updated inside the backward by fbgemm's fused optimizer `embedding_optimizer` = (torch optimizer
+    class, kwargs), e.g. (torch.optim.SGD, {"lr": 0.1}). A row's owner receives every rank's
+    gradient, divided by the world size in torchrec's all-to-all (`comm_ops` gradient division, on
+    by default), i.e. the average of data parallelism, so the same hyper-parameters give the same
+    update (measured: 1 step with undivided lr / world moved rows by exactly half). The unsharded
+    weights are copied into the shards. fbgemm's CPU kernels implement only
+    EXACT_SGD, EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD and EMAINPLACE_ROWWISE_ADAGRAD (Adam is
+    GPU-only: "Optimizer OptimType.ADAM is not supported in CPU mode");
+    tests/pipelines/test_torchrec_sharding.py trains 2 gloo CPU ranks against data parallelism."""
     from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     world = torch.distributed.get_world_size()
-    topology = Topology(world_size=world, compute_device="cuda", local_world_size=torch.cuda.device_count() or 1)
-    planner = EmbeddingShardingPlanner(topology=topology)
+    collections = [m for m in model.modules() if isinstance(m, (EmbeddingCollection, EmbeddingBagCollection))]
+    if not collections:
+        raise ValueError(f"{type(model).__name__} has no torchrec embedding collection to shard "
+                         "(models with embedding_backend: torchrec have one)")
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer_class, kwargs = embedding_optimizer
+    for collection in collections:
+        apply_optimizer_in_backward(optimizer_class, collection.parameters(), kwargs)
+    constraints = None
+    if sharding_type is not None:
+        tables = [t.name for c in collections for t in c.embedding_configs()] if hasattr(collections[0], "embedding_configs") \
+            else [t.name for c in collections for t in c.embedding_bag_configs()]
+        constraints = {name: ParameterConstraints(sharding_types=[sharding_type]) for name in tables}
+    local = torch.cuda.device_count() if compute_device == "cuda" else world
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device=compute_device,
+                                                         local_world_size=local or 1), constraints=constraints)
     plan = planner.collective_plan(model, get_default_sharders(), torch.distributed.GroupMember.WORLD)
-    return DistributedModelParallel(module=model, device=device, plan=plan)
+    dmp = DistributedModelParallel(module=model, device=device, plan=plan)
+    _copy_into_shards(dmp, initial)
+    return dmp
+
+
+def _copy_into_shards(dmp: torch.nn.Module, initial: dict[str, torch.Tensor]) -> None:
+    """Write the unsharded initial weights into this rank's shards (the planner's kernels start
+    from their own initialisation), so sharded and data-parallel runs start equal."""
+    with torch.no_grad():
+        for key, value in dmp.state_dict().items():
+            name = key.removeprefix("module.")
+            if name not in initial:
+                raise KeyError(f"sharded state {key!r} has no unsharded counterpart")
+            if hasattr(value, "local_shards"):  # ShardedTensor: the rows/columns this rank owns
+                for shard in value.local_shards():
+                    index = tuple(slice(o, o + n) for o, n in zip(shard.metadata.shard_offsets,
+                                                                   shard.metadata.shard_sizes))
+                    shard.tensor.copy_(initial[name][index])
+            else:
+                value.copy_(initial[name])
+
+
+def _wrap_gpu_model(model: torch.nn.Module, device: torch.device, train_cfg: Any) -> torch.nn.Module:
+    """GPU + NCCL: torchrec sharding with fbgemm's fused Adam for the tables, with `fit`'s Adam
+    hyper-parameters (the sharded gradient is the data-parallel average). Not run here (no GPU in
+    the test suite); the same `shard_embeddings` runs on CPU in
+    tests/pipelines/test_torchrec_sharding.py. Models that read the whole table (SASRec's
+    `item_embeddings()` for its logits) cannot run sharded: a rank holds only its rows."""
+    if train_cfg.optimizer != "adam":
+        raise ValueError(f"--gpu: train.optimizer {train_cfg.optimizer!r} has no fused embedding counterpart "
+                         "here (torchrec maps torch.optim.Adam to fbgemm ADAM); use 'adam'")
+    kwargs = {"lr": train_cfg.lr, "betas": tuple(train_cfg.betas), "weight_decay": train_cfg.weight_decay}
+    return shard_embeddings(model, device, compute_device="cuda", embedding_optimizer=(torch.optim.Adam, kwargs))
 
 
 def _restore_checkpoint(run_dir: Path, rank: int) -> bool:
@@ -181,11 +288,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_gpu = bool(config.get("use_gpu"))
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
 
-    task = build_task(cfg, rank=rank, world_size=world)  # this rank's strided shard (next-item and CTR)
+    task = build_task(cfg, rank=rank, world_size=world)  # this rank's parts of the build (next-item and CTR)
     torch.manual_seed(train_cfg.seed)  # same initial weights on every rank
-    model = build_model(cfg, task).to(device)
+    model = build_model(cfg, task if world == 1 else None)
+    if world > 1 and hasattr(model, "attach_teacher"):  # MQSA-TED: the teacher of all users
+        mcfg = cfg.model_cfg()
+        model.attach_teacher(_global_teacher(task, mcfg.max_len, getattr(mcfg, "time_span", 1), world))
+    model = model.to(device)
     if use_gpu:
-        model = _wrap_gpu_model(model, device)
+        model = _wrap_gpu_model(model, device, train_cfg)
     restored = _restore_checkpoint(run_dir, rank)
     steps = _global_max(task.num_train_batches(train_cfg.batch_size))
     metrics_path = run_dir / "metrics.jsonl"
@@ -214,8 +325,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     result = fit(model, wrapped, train_cfg, run_dir, resume=restored or bool(config.get("resume")),
                  rank=rank, world_size=world, device=device, on_epoch_end=lambda epoch, _ckpt: report(epoch))
     final = {"best_metric": result.best_metric, "best_epoch": result.best_epoch, "done": 1}
+    evaluated = _Evaluated(task, _evaluate_all(task, getattr(model, "module", model)))  # all ranks
     if rank == 0:
-        finalize_run(cfg, task, getattr(model, "module", model).cpu(), result, run_dir, extra={"ray_workers": world})
+        finalize_run(cfg, evaluated, getattr(model, "module", model).cpu(), result, run_dir,
+                     extra={"ray_workers": world})
     report(result.epochs_run, final)
 
 

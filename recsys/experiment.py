@@ -127,7 +127,7 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
                             world_size=world_size)
     else:
         # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it; it keeps
-        # the strided shard `rank::world_size` of the train samples (valid/test stay whole)
+        # the samples of this worker's parts of the build (layout.worker_parts), all splits
         task = _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
     if cfg.eval.select_metric is not None:
         names = task.metric_names()

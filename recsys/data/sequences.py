@@ -14,7 +14,8 @@ from recsys.data import layout, schema
 
 
 def _jagged(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    arr = column.combine_chunks()
+    """(values, offsets) of a list column; a one-chunk column's values are not copied."""
+    arr = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     if isinstance(arr, pa.ChunkedArray):  # pragma: no cover - pyarrow version differences
         arr = arr.chunk(0)
     offsets = arr.offsets.to_numpy().astype(np.int64)
@@ -62,15 +63,57 @@ class JaggedSequences:
         return cls(
             user_ids=table[schema.USER].to_numpy().astype(np.int64),
             offsets=offsets,
-            items=items.astype(np.int64),
-            times=None if times is None else times.astype(np.int64),
-            categories=None if cats is None else cats.astype(np.int64),
+            items=items.astype(np.int64, copy=False),
+            times=None if times is None else times.astype(np.int64, copy=False),
+            categories=None if cats is None else cats.astype(np.int64, copy=False),
         )
 
     @classmethod
-    def read(cls, build_dir: str | Path, parts: list[int] | None = None) -> "JaggedSequences":
-        """The sequences of `parts` of a build (default: all), in dense user order."""
-        return cls.from_table(layout.read_table(build_dir, layout.SEQUENCES, parts))
+    def read(cls, build_dir: str | Path, parts: list[int] | None = None,
+             columns: tuple[str, ...] | None = None) -> "JaggedSequences":
+        """The sequences of `parts` of a build (default: all), in dense user order (the order of
+        `layout.read_table`), with the list `columns` asked for (default: all; items always).
+        Memory: each part is converted on its own (its Arrow buffers become the arrays, no copy)
+        and the parts are concatenated once, so the peak is about twice the result, not the
+        whole Arrow table plus its copies."""
+        pieces = []
+        for _, table in layout.iter_parts(build_dir, layout.SEQUENCES, parts):
+            keep = [c for c in table.column_names if c in (schema.USER, schema.SEQ_ITEMS)
+                    or columns is None or c in columns]
+            pieces.append(cls.from_table(table.select(keep)))
+            del table
+        return cls.concat(pieces)
+
+    @classmethod
+    def concat(cls, pieces: list["JaggedSequences"]) -> "JaggedSequences":
+        """Rows of `pieces` one after the other, then stably sorted by user when they are not
+        already in user order (hash parts interleave users; each user has one row). Empties the
+        list `pieces`, so the per-part arrays are freed before the sort."""
+        if not pieces:
+            raise ValueError("no sequence parts to concatenate")
+        shifts = np.cumsum([0] + [p.items.size for p in pieces[:-1]])
+        offsets = np.concatenate([pieces[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(pieces, shifts)])
+        users = np.concatenate([p.user_ids for p in pieces])
+        fields = {"times": None, "categories": None}
+        for name in fields:
+            if all(getattr(p, name) is not None for p in pieces):
+                fields[name] = np.concatenate([getattr(p, name) for p in pieces])
+        out = cls(users, offsets, np.concatenate([p.items for p in pieces]), **fields)
+        pieces.clear()
+        if users.size > 1 and (np.diff(users) < 0).any():
+            out = out.take(np.argsort(users, kind="stable"))
+        return out
+
+    def take(self, rows: np.ndarray) -> "JaggedSequences":
+        """The sequences of `rows`, in that order (vectorised jagged gather)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        index = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return JaggedSequences(self.user_ids[rows], offsets, self.items[index], pick(self.times),
+                               pick(self.categories))
 
     def windows(
         self,

@@ -18,6 +18,16 @@ their padding is tight, and then the batch order is shuffled again).
 Evaluation: all samples of the split (batches ordered by length for speed; metrics are order-free):
 "auc" (all rows), "gauc" (per-user AUC weighted by impressions, users with both classes),
 "logloss", "num_samples". Protocol: the build's CTR split (see its manifest / data config).
+
+Sharding (Ray Train, `rank`/`world_size`): the task reads only its parts of the build
+(`layout.worker_parts`): the sequences and CTR samples of its users, all splits, so a worker holds
+O(build / world_size). Each rank scores its own users' valid/test samples; the (user, label,
+score) triples are gathered to every rank (recsys/tasks/collective.py, O(evaluated samples),
+three numbers per sample) and stably sorted by user, which is the row order of the whole build, so
+AUC/GAUC/logloss are computed on exactly the arrays of the unsharded task (AUC is not a sum of
+per-rank parts; GAUC would be, but one code path is simpler). Why not "rank 0 reads the valid
+split": a sample's history is a prefix of its user's sequence, so scoring all valid samples needs
+every user's sequence, i.e. the whole build on rank 0.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import torch
 
 from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
+from recsys.tasks import collective
 from recsys.tasks.base import Batch
 
 log = logging.getLogger(__name__)
@@ -46,7 +57,7 @@ DEFAULT_MAX_HISTORY = 2000
 class SplitSamples:
     """The samples of one split, as parallel arrays (row = row in sequences; index = row in ctr_samples)."""
 
-    index: np.ndarray  # [S] int64 row of ctr_samples.parquet
+    index: np.ndarray  # [S] int64 row of this worker's ctr_samples (all parts when unsharded)
     rows: np.ndarray  # [S] int64 sequence row
     user_ids: np.ndarray  # [S] int64
     prefix: np.ndarray  # [S] int64
@@ -61,12 +72,14 @@ class SplitSamples:
         return SplitSamples(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
 
 
-def read_ctr_samples(build_dir: Path, seqs: JaggedSequences, num_items: int | None = None) -> dict[str, SplitSamples]:
-    """The build's ctr_samples parts -> per-split arrays; every bad row is an error naming the column."""
+def read_ctr_samples(build_dir: Path, seqs: JaggedSequences, num_items: int | None = None,
+                     parts: list[int] | None = None) -> dict[str, SplitSamples]:
+    """The build's ctr_samples `parts` (default all; `seqs` must hold the same parts) -> per-split
+    arrays; every bad row is an error naming the column."""
     path = build_dir / layout.CTR_SAMPLES
     if not path.is_dir():
         raise FileNotFoundError(f"CTR samples not found: {path} (build the dataset with CTR samples first)")
-    table = layout.read_table(build_dir, layout.CTR_SAMPLES)
+    table = layout.read_table(build_dir, layout.CTR_SAMPLES, parts)
     for col in (schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM, schema.LABEL):
         if col not in table.column_names:
             raise ValueError(f"{path}: missing column {col!r}")
@@ -124,22 +137,22 @@ class CTRTask:
         self.build_dir = Path(build_dir)
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {max_history}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"shard: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
+        self.parts = collective.shard_parts(self.build_dir, rank, world_size)  # this worker's users
         if eval_batch_size < 1 or bucket_batches < 1:
             raise ValueError("eval_batch_size and bucket_batches must be >= 1")
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.max_history, self.eval_batch_size, self.bucket_batches = max_history, eval_batch_size, bucket_batches
-        self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir)
+        self.seqs = sequences if sequences is not None else JaggedSequences.read(
+            self.build_dir, self.parts, columns=(schema.SEQ_CATEGORIES,))  # no times: unused
         items_vocab = self.build_dir / schema.VOCAB_DIR / schema.ITEMS_VOCAB
         self.num_items = int(pq.read_metadata(str(items_vocab)).num_rows) if items_vocab.is_file() else None
-        self.splits = read_ctr_samples(self.build_dir, self.seqs, self.num_items)
-        train = self.splits["train"]
-        self.train = train.take(np.arange(rank, len(train), world_size))  # this worker's shard
+        self.splits = read_ctr_samples(self.build_dir, self.seqs, self.num_items, self.parts)
+        self.train = self.splits["train"]  # this worker's users' samples (all of them when unsharded)
         self.has_categories = self.seqs.categories is not None
-        log.info("CTR task %s: samples train=%d (shard %d/%d: %d) valid=%d test=%d, max_history=%d",
-                 self.build_dir, len(train), rank, world_size, len(self.train), len(self.splits["valid"]),
-                 len(self.splits["test"]), max_history)
+        log.info("CTR task %s: rank %d/%d, parts %s: users=%d samples train=%d valid=%d test=%d, max_history=%d",
+                 self.build_dir, rank, world_size, self.parts, self.seqs.num_users, len(self.train),
+                 len(self.splits["valid"]), len(self.splits["test"]), max_history)
 
     # --- batches --------------------------------------------------------------------------------
     def num_samples(self) -> dict[str, int]:
@@ -224,10 +237,19 @@ class CTRTask:
         return ["auc", "gauc"]
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        """Metrics of all samples of `split` over every worker's users (a collective when sharded:
+        every rank must call it; see the module doc)."""
         from recsys.ctr_metrics import ctr_metrics
 
         s = self.splits[split]
-        if len(s) == 0:
+        scores = self.predict(model, split)
+        users = collective.all_concat(s.user_ids, self.world_size)
+        labels = collective.all_concat(s.labels, self.world_size)
+        scores = collective.all_concat(scores, self.world_size)
+        if users.size == 0:
             raise ValueError(f"split {split!r} has no CTR samples in {self.build_dir}")
-        metrics = ctr_metrics(s.user_ids, s.labels, self.predict(model, split))
-        return {**{k: float(v) for k, v in metrics.items()}, "num_samples": float(len(s))}
+        if self.world_size > 1:  # ranks hold disjoint users: user order = the unsharded row order
+            order = np.argsort(users, kind="stable")
+            users, labels, scores = users[order], labels[order], scores[order]
+        metrics = ctr_metrics(users, labels, scores)
+        return {**{k: float(v) for k, v in metrics.items()}, "num_samples": float(users.size)}

@@ -25,6 +25,16 @@ validation item is part of the test input):
     sampled100  the target + the user's 100 persisted negatives (eval_negatives.parquet).
     Rank with the pessimistic tie rule (recsys/metrics.py); HR/NDCG/MRR@5/10/20.
 Keys: "full/ndcg@10", "sampled100/hr@10", ..., plus "num_users".
+
+Sharding (Ray Train, `rank`/`world_size`): the task reads only its parts of the build
+(`layout.worker_parts`): the sequences and eval negatives of its users, so a worker holds
+O(build / world_size); the item count comes from the vocabulary. What spans all users is combined
+over the workers (recsys/tasks/collective.py): the mean train positions and the train item
+frequencies (all-reduced sums, integers, so exact), the fixed validation sample (the evaluated
+user ids are gathered, O(users), and sampled exactly as unsharded), and the metrics: each rank
+ranks its own users and the per-metric sums and user counts are all-reduced, so every rank
+returns the metrics of all users (equal to the unsharded task's up to the float64 summation
+order).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.losses import LossConfig
 from recsys.metrics import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
+from recsys.tasks import collective
 from recsys.tasks.base import Batch
 
 PROTOCOLS = {
@@ -82,7 +93,10 @@ class NextItemTask:
         self.eval_batch_size = eval_batch_size
         self.valid_max_users = valid_max_users
         self.ks = tuple(ks)
-        self.seqs = sequences if sequences is not None else JaggedSequences.read(self.build_dir)
+        self.rank, self.world_size = rank, world_size
+        self.parts = collective.shard_parts(self.build_dir, rank, world_size)  # this worker's users
+        self.seqs = sequences if sequences is not None else JaggedSequences.read(
+            self.build_dir, self.parts, columns=())  # items only
         self.num_items = _num_items(self.build_dir)
         seqs = self.seqs
         if seqs.items.size and (seqs.items.min() < 1 or seqs.items.max() > self.num_items):
@@ -93,24 +107,39 @@ class NextItemTask:
         lengths = seqs.lengths
         #: exclusive end of each row's train part: len-2 for evaluated users, len otherwise
         self.train_ends = np.where(lengths >= 3, lengths - 2, lengths).astype(np.int64)
-        train_rows = np.flatnonzero(self.train_ends >= 2)
-        self.train_rows = train_rows[rank::world_size]  # this worker's shard
+        self.train_rows = np.flatnonzero(self.train_ends >= 2)  # this worker's users (all when unsharded)
         self.eval_rows = np.flatnonzero(lengths >= 3)
 
-        # sorted membership keys row*(N+1)+item of every (row, train item)
-        n1 = self.num_items + 1
-        flat_row = np.repeat(np.arange(seqs.num_users, dtype=np.int64), lengths)
-        in_row = np.arange(seqs.items.size, dtype=np.int64) - seqs.offsets[flat_row]
-        in_train = in_row < self.train_ends[flat_row]
-        self._train_keys = torch.from_numpy(np.unique(flat_row[in_train] * n1 + seqs.items[in_train]))
-        counts = np.bincount(seqs.items[in_train], minlength=n1).astype(np.float64)
+        keys, local_counts = self._train_membership()
+        self._train_keys = torch.from_numpy(keys)  # sorted keys row*(N+1)+item of every (row, train item)
+        counts = collective.all_sum(local_counts.astype(np.float64), world_size)
         counts[0] = 0.0
-        self.item_counts = counts  # train-part frequency per item id (index 0 = padding)
-        #: mean valid (input, target) positions per train row (all rows, not this worker's shard, so
-        #: every Ray worker scales by the same constant), windows capped at max_len
-        self.mean_positions = float(np.minimum(self.train_ends[train_rows] - 1, max_len).mean()) \
-            if train_rows.size else 0.0
+        self.item_counts = counts  # train-part frequency per item id over all workers (index 0 = padding)
+        #: mean valid (input, target) positions per train row (all workers' rows, so every Ray
+        #: worker scales by the same constant), windows capped at max_len
+        positions = np.minimum(self.train_ends[self.train_rows] - 1, max_len)
+        total, count = collective.all_sum(np.array([positions.sum(), positions.size], dtype=np.int64), world_size)
+        self.mean_positions = float(total) / float(count) if count else 0.0
+        self.valid_rows = self._valid_sample()
         self._negatives: np.ndarray | None = None
+
+    def _train_membership(self, chunk_events: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique keys row*(N+1)+item over every row's train part, train item counts),
+        over blocks of rows of about `chunk_events` events: rows ascend, so the blocks' keys are
+        disjoint and ascending, and the temporaries stay O(block) instead of several x events."""
+        seqs, n1 = self.seqs, self.num_items + 1
+        counts = np.zeros(n1, dtype=np.int64)
+        keys = []
+        starts = np.searchsorted(seqs.offsets[:-1], np.arange(0, seqs.items.size, chunk_events), side="right") - 1
+        bounds = np.unique(np.r_[np.maximum(starts, 0), seqs.num_users])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            rows = np.arange(lo, hi, dtype=np.int64)
+            ends = self.train_ends[rows]
+            index = np.repeat(seqs.offsets[rows] - np.r_[0, np.cumsum(ends)[:-1]], ends) + np.arange(ends.sum())
+            items = seqs.items[index]
+            keys.append(np.unique(np.repeat(rows, ends) * n1 + items))
+            counts += np.bincount(items, minlength=n1)
+        return (np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)), counts
 
     # ------------------------------------------------------------------------------ training
 
@@ -237,23 +266,35 @@ class NextItemTask:
             self._negatives = out
         return self._negatives
 
+    def _valid_sample(self) -> np.ndarray:
+        """This worker's rows of the validation users: all evaluated users, or a fixed random
+        sample of `valid_max_users` of them drawn over ALL workers' users in user order (the same
+        users whatever the sharding), independent of training randomness."""
+        rows = self.eval_rows
+        if self.valid_max_users is None:
+            return rows
+        users = collective.all_concat(self.seqs.user_ids[rows], self.world_size)
+        if users.size <= self.valid_max_users:
+            return rows
+        users = np.sort(users)  # unsharded: rows are in user order
+        pick = np.random.default_rng(0).choice(users.size, self.valid_max_users, replace=False)
+        return rows[np.isin(self.seqs.user_ids[rows], users[pick])]
+
     def _rows_for(self, split: str) -> np.ndarray:
         if split not in ("valid", "test"):
             raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-        rows = self.eval_rows
-        if split == "valid" and self.valid_max_users is not None and rows.size > self.valid_max_users:
-            pick = np.random.default_rng(0).choice(rows.size, self.valid_max_users, replace=False)
-            rows = np.sort(rows[pick])  # fixed sample, independent of training randomness
-        return rows
+        return self.valid_rows if split == "valid" else self.eval_rows
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
                  ) -> dict[str, float]:
-        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test"."""
+        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test",
+        over every worker's users (a collective when sharded: every rank must call it)."""
         was_training = model.training
         model.eval()
         rows_all = self._rows_for(split)
-        if rows_all.size == 0:
+        num_users = int(collective.all_sum(np.array([rows_all.size], dtype=np.int64), self.world_size)[0])
+        if num_users == 0:
             raise ValueError(f"no users with >= 3 items in {self.build_dir}: nothing to evaluate")
         device = next(model.parameters()).device
         items_emb = model.item_embeddings()  # [N+1,d]
@@ -287,7 +328,9 @@ class NextItemTask:
                 accumulate(sums["sampled100"],
                            metric_sums(rank_of_target(s, torch.zeros_like(target)), self.ks))
         model.train(was_training)
-        out: dict[str, float] = {"num_users": float(rows_all.size)}
+        keys = [f"{m}@{k}" for k in self.ks for m in ("hr", "ndcg", "mrr")]  # metric_sums' keys
+        out: dict[str, float] = {"num_users": float(num_users)}
         for proto, s in sums.items():
-            out.update({f"{proto}/{k}": v for k, v in finalize(s, int(rows_all.size)).items()})
+            total = collective.all_sum(np.array([s.get(k, 0.0) for k in keys], dtype=np.float64), self.world_size)
+            out.update({f"{proto}/{k}": v for k, v in finalize(dict(zip(keys, total.tolist())), num_users).items()})
         return out

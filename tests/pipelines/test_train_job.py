@@ -1,5 +1,6 @@
 """Ray Train jobs on a local 2-CPU Ray (one module-scoped session): SASRec and SDIM on 2 workers
-learn, 1 vs 2 workers agree at the same global batch and seed, and a killed worker resumes."""
+(each reading its part of a 2-part build) learn, 1 vs 2 workers agree at the same global batch and
+seed, and a killed worker resumes; the MQSA-TED teacher of 2 gloo workers is the whole build's."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytestmark = pytest.mark.ray
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,9 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recsys.cli import main as cli
 
     out = tmp_path_factory.mktemp("ray") / "synth"
+    # 2 parts of 32 users: each of 2 workers reads one (layout.worker_parts)
     assert cli(["data", "synth", "--users", "64", "--max-len", "200", "--min-len", "120", "--median-len", "140",
-                "--seed", "0", "--output", str(out)]) == 0
+                "--seed", "0", "--chunk-users", "32", "--output", str(out)]) == 0
     return out
 
 
@@ -56,6 +57,7 @@ def two_worker_sasrec(ray_session: Any, build: Path, tmp_path_factory: pytest.Te
     return train_with_ray(_cfg(build, tmp_path_factory.mktemp("w2"), "w2", SAS, 16, 3, "next_item"), workers=2)
 
 
+@pytest.mark.ray
 def test_two_cpu_workers_train_sasrec_and_loss_decreases(two_worker_sasrec: Path) -> None:
     from recsys.experiment import load_run
 
@@ -67,6 +69,7 @@ def test_two_cpu_workers_train_sasrec_and_loss_decreases(two_worker_sasrec: Path
     assert load_run(two_worker_sasrec).model is not None  # a complete, checksummed model directory
 
 
+@pytest.mark.ray
 def test_one_and_two_workers_agree_at_same_global_batch(two_worker_sasrec: Path, build: Path, tmp_path: Path) -> None:
     """Same seed, global batch 32 (1 x 32 vs 2 x 16): the data orders and negatives differ, so the
     runs are not bitwise equal; stated tolerance: final train loss within 5% and sampled-100 test
@@ -82,6 +85,7 @@ def test_one_and_two_workers_agree_at_same_global_batch(two_worker_sasrec: Path,
     assert abs(e1[key] - e2[key]) <= 0.06, (e1[key], e2[key])
 
 
+@pytest.mark.ray
 def test_sdim_two_workers_killed_worker_resumes_and_loss_decreases(ray_session: Any, build: Path, tmp_path: Path) -> None:
     """One run checks two things to stay inside the time budget: SDIM trains on 2 CPU workers
     (loss decreases) and survives rank 1 dying mid-run (Ray Train restarts the worker group and it
@@ -111,7 +115,7 @@ def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> N
     from pipelines.train_job import _EqualSteps
     from recsys.experiment import build_task
 
-    task = build_task(_cfg(build, tmp_path, "eq", SAS, 16, 1, "next_item"), rank=0, world_size=2)
+    task = build_task(_cfg(build, tmp_path, "eq", SAS, 16, 1, "next_item"))
     n = task.num_train_batches(16)
     wrapped = _EqualSteps(task, 0, 2, n + 1, None)
     got = list(wrapped.train_batches(1, 16, torch.Generator().manual_seed(3), bucket_by_length=True))
@@ -123,3 +127,28 @@ def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> N
     ctr = _EqualSteps(build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr")), 0, 1, 2, None)
     with pytest.raises(ValueError, match="bucket_by_length"):
         next(ctr.train_batches(1, 64, torch.Generator(), bucket_by_length=True))
+
+
+def _teacher_of_rank(rank: int, world: int, cfg_json: str) -> dict[str, Any]:
+    from pipelines.train_job import _global_teacher
+    from recsys.experiment import build_task, parse_experiment
+
+    task = build_task(parse_experiment(json.loads(cfg_json)), rank=rank, world_size=world)
+    g = _global_teacher(task, 20, 2, world)
+    return {"indptr": g.indptr, "indices": g.indices, "counts": g.counts, "users": task.seqs.num_users}
+
+
+def test_mqsa_teacher_of_two_workers_equals_the_whole_build(build: Path, tmp_path: Path) -> None:
+    """Each worker holds half the users; the teacher graph it attaches is the one of all users."""
+    from recsys.experiment import build_task
+    from recsys.models.transitions import TransitionGraph
+    from tests.recsys.tasks.shards import run_ranks
+
+    cfg = _cfg(build, tmp_path, "teacher", {**SAS, "name": "mqsa_ted", "time_span": 2}, 16, 1, "next_item")
+    ranks = run_ranks(_teacher_of_rank, json.dumps(cfg.model_dump(mode="json")))
+    full = build_task(cfg)
+    want = TransitionGraph.from_sequences(full.seqs, full.train_ends, max_len=20, time_span=2, num_items=full.num_items)
+    assert [r["users"] for r in ranks] == [32, 32]
+    for r in ranks:
+        assert torch.equal(r["indptr"], want.indptr) and torch.equal(r["indices"], want.indices)
+        assert torch.equal(r["counts"], want.counts)

@@ -127,21 +127,21 @@ def test_run_directory_and_reload(build: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_build_task_shards_ctr_train_samples_by_rank(tmp_path: Path) -> None:
-    """Ray workers get their CTR shard from build_task: ranks are disjoint, cover every train
-    sample once, and keep valid/test whole (rank 0 evaluates them all)."""
+    """Ray workers get their CTR shard from build_task: each rank reads its part of the build
+    (3 parts of 8 users), so ranks hold disjoint users and every sample of every split once."""
     from recsys.cli import main
     from recsys.experiment import build_task
 
     build = tmp_path / "synth"
     assert main(["data", "synth", "--users", "24", "--max-len", "160", "--min-len", "120", "--median-len", "130",
-                 "--seed", "0", "--output", str(build)]) == 0
+                 "--seed", "0", "--chunk-users", "8", "--output", str(build)]) == 0
     cfg = _cfg(build, tmp_path, task="ctr", model={"name": "din", "item_dim": 4, "cat_dim": 4})
     full = build_task(cfg)
     shards = [build_task(cfg, rank=r, world_size=3) for r in range(3)]
-    got = np.sort(np.concatenate([t.train.index for t in shards]))
-    assert np.array_equal(got, np.sort(full.train.index)) and len(full.train) > 3
-    assert all(np.array_equal(t.train.index, full.train.index[r::3]) for r, t in enumerate(shards))
-    assert all(len(t.splits["test"]) == len(full.splits["test"]) for t in shards)
+    for split in ("train", "valid", "test"):  # the planted parts are user ranges, read in order
+        got = np.concatenate([t.splits[split].user_ids for t in shards])
+        assert np.array_equal(got, full.splits[split].user_ids) and len(got) > 3
+    assert [t.seqs.user_ids.tolist() for t in shards] == [list(range(1 + 8 * r, 9 + 8 * r)) for r in range(3)]
     with pytest.raises(ValueError, match="rank"):
         build_task(cfg, rank=3, world_size=3)
     # selection: a higher-is-better CTR metric only (logloss would keep the worst weights)

@@ -19,6 +19,7 @@ from recsys.data.synth import SynthConfig, generate
 from recsys.tasks.base import TrainTask
 from recsys.tasks.ctr import CTRTask
 from tests.builds import replace_table
+from tests.recsys.tasks.shards import repartition
 
 MAX_HISTORY = 40
 
@@ -92,8 +93,17 @@ def test_shuffle_from_generator_and_shards(build: Path) -> None:
     bucketed = CTRTask(build, max_history=MAX_HISTORY, bucket_batches=4)
     got = np.sort(np.concatenate(bucketed.train_order(32, torch.Generator().manual_seed(5))))
     np.testing.assert_array_equal(got, np.arange(len(bucketed.train)))
-    shards = [CTRTask(build, max_history=MAX_HISTORY, rank=r, world_size=3).train.index for r in range(3)]
-    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), task.splits["train"].index)
+    # a rank reads its parts (a hash re-partition of the same rows): ranks hold disjoint users and
+    # together every train sample once
+    parted = repartition(build, build.parent / "ctr_parts", 5)
+    key = lambda s: set(zip(s.user_ids.tolist(), s.prefix.tolist(), s.items.tolist()))  # noqa: E731
+    shards = [CTRTask(parted, max_history=MAX_HISTORY, rank=r, world_size=3) for r in range(3)]
+    assert [t.parts for t in shards] == [[0, 3], [1, 4], [2]]
+    assert sum(len(t.train) for t in shards) == len(task.train)
+    assert set().union(*(key(t.train) for t in shards)) == key(task.train)
+    users = [set(t.seqs.user_ids.tolist()) for t in shards]
+    assert all(not users[i] & users[j] for i in range(3) for j in range(i + 1, 3))
+    assert all(set(t.train.user_ids.tolist()) <= u for t, u in zip(shards, users))
 
 
 def test_bad_samples_name_the_column(build: Path, tmp_path: Path) -> None:
