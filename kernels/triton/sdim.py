@@ -10,7 +10,9 @@ tables the host sums (deterministic, no atomics). Wider tables fall back to one 
 (ragged batches cost what their valid positions cost). Block sizes are fixed (no autotuning).
 
 Precision: bf16 history -> bf16 tl.dot (one-hot x bf16 products are exact, fp32 accumulate);
-fp32 history -> "tf32x3" on the GPU (near-fp32, tensor cores), fp32 IEEE under the interpreter
+fp32 history -> on the GPU, the all-signature kernel splits h into three bf16 parts (h1 + h2 + h3
+carries h's 24-bit mantissa) and runs three bf16 dots with the exact bf16 one-hot (cheaper than
+"tf32x3", which also splits the one-hot); the per-signature kernels use "tf32x3"; fp32 IEEE under the interpreter
 (whose tl.dot on bf16 is wrong, so bf16 is upcast there).
 """
 
@@ -38,7 +40,7 @@ def _dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
 @triton.jit(do_not_specialize=["L", "D", "S", "NB", "CHUNK", "NCH"])
 def _table_all_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, D, S, NB, CHUNK, NCH,
                       S_P: tl.constexpr, NB_P: tl.constexpr, D_P: tl.constexpr, UPCAST: tl.constexpr,
-                      PREC: tl.constexpr, BLOCK_L: tl.constexpr):
+                      PREC: tl.constexpr, SPLIT3: tl.constexpr, BLOCK_L: tl.constexpr):
     """All signatures at once: one program per (chunk of the history, user) reads each history row
     and its S codes exactly once and accumulates onehot[S_P*NB_P, BLOCK_L] @ h[BLOCK_L, D] into a
     [S_P*NB_P, D] fp32 tile; writes this chunk's partial table (summed over chunks by the host)."""
@@ -59,7 +61,17 @@ def _table_all_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, D, S, NB, CHUNK, NCH,
         h = tl.load(h_ptr + row[:, None] * D + dd[None, :], mask=lmask[:, None] & dmask[None, :], other=0.0)
         code = tl.load(c_ptr + row[None, :] * S + sig[:, None], mask=(sig < S)[:, None] & lmask[None, :], other=-1)
         hit = tl.reshape(code[:, None, :] == bucket[None, :, None], (S_P * NB_P, BLOCK_L))
-        if UPCAST:
+        if SPLIT3:                      # fp32 history on the GPU: exact bf16 one-hot x 3 bf16 parts of h
+            hot = hit.to(tl.bfloat16)
+            h32 = h.to(tl.float32)
+            h1 = h32.to(tl.bfloat16)
+            r1 = h32 - h1.to(tl.float32)
+            h2 = r1.to(tl.bfloat16)
+            h3 = (r1 - h2.to(tl.float32)).to(tl.bfloat16)
+            acc = tl.dot(hot, h1, acc)
+            acc = tl.dot(hot, h2, acc)
+            acc = tl.dot(hot, h3, acc)
+        elif UPCAST:
             acc = tl.dot(hit.to(tl.float32), h.to(tl.float32), acc, input_precision=PREC)
         else:
             acc = tl.dot(hit.to(h.dtype), h, acc)
@@ -193,7 +205,8 @@ def sdim_bucket_table_triton(history: torch.Tensor, codes: torch.Tensor, lengths
         nch = -(-l // chunk)
         part = out if nch == 1 else torch.empty((b, nch, s, num_buckets, d), dtype=torch.float32, device=h.device)
         _table_all_kernel[(nch, b)](h, c, n, part, l, d, s, num_buckets, chunk, nch, S_P=s_p, NB_P=nb_p, D_P=d_p,
-                                    UPCAST=upcast, PREC=prec, BLOCK_L=block_l, num_warps=8)
+                                    UPCAST=upcast, PREC=prec, SPLIT3=prec == "tf32x3", BLOCK_L=block_l,
+                                    num_warps=8)
         return out if nch == 1 else part.sum(1).to(out.dtype)
     block_d = min(pow2(d, 16), 64)
     _table_fwd_kernel[(s, triton.cdiv(d, block_d), b)](h, c, n, out, l, d, s, num_buckets,

@@ -2,13 +2,14 @@
 
 Stage 1, one program per (block of candidates, chunk of the history, user):
   pass A  scores each SUB-wide sub-tile of the chunk (tl.dot, or a broadcast product when there
-          are too few candidates for a dot) and keeps the element-wise max over sub-tiles: the
+          are too few candidates for a dot) and keeps the element-wise fp32 max over sub-tiles: the
           maxima of SUB disjoint groups. The KP-th largest group maximum (tl.topk of one small
-          tile) is a lower bound T on the chunk's KP-th largest key.
-  pass B  re-scores the chunk and writes every key >= T to a per-(candidate, chunk) scratch row
-          (rank from tl.cumsum); for N(0,1) data about 1.1-1.4 x KP keys pass, never more than
-          CAP = SUB = 2 KP in our simulations. Then one tl.topk over the [BLOCK_C, CAP] scratch tile
-          gives the chunk's exact top KP. If any row of the block has more than CAP keys >= T
+          tile) is a lower bound T on the chunk's KP-th largest score.
+  pass B  re-scores the chunk (same arithmetic, so the same fp32 scores) and writes (score,
+          position) of every score >= T to a per-(candidate, chunk) scratch row (rank from
+          tl.cumsum); for N(0,1) data about 1.1-1.4 x KP pass, never more than CAP = SUB = 2 KP in
+          our simulations. Only those are packed into int64 keys: one tl.topk over the
+          [BLOCK_C, CAP] scratch tile gives the chunk's exact top KP (ties at T included). If any row of the block has more than CAP keys >= T
           (heavy ties, adversarial data) the block takes the exact fallback: a running top-KP over
           the chunk's sub-tiles (tl.join + tl.topk), slower but exact.
   DIRECT  when the chunk is a single sub-tile (few candidates: C <= 4, one per program, SUB = 512
@@ -67,9 +68,9 @@ def _unpack(key):
 
 
 @triton.jit
-def _sub_keys(q, k_ptr, row0, l0, end, da, damask, DA, SUB: tl.constexpr, UPCAST: tl.constexpr,
-              PREC: tl.constexpr, USE_DOT: tl.constexpr):
-    """Keys [BLOCK_C, SUB] of positions l0 .. l0+SUB-1 (NEG past `end`)."""
+def _sub_scores(q, k_ptr, row0, l0, end, da, damask, DA, SUB: tl.constexpr, UPCAST: tl.constexpr,
+                PREC: tl.constexpr, USE_DOT: tl.constexpr):
+    """fp32 scores [BLOCK_C, SUB] of positions l0 .. l0+SUB-1 (-inf past `end`) and the positions."""
     ll = l0 + tl.arange(0, SUB)
     lmask = ll < end
     kt = tl.load(k_ptr + (row0 + ll)[:, None] * DA + da[None, :], mask=lmask[:, None] & damask[None, :], other=0.0)
@@ -79,7 +80,15 @@ def _sub_keys(q, k_ptr, row0, l0, end, da, damask, DA, SUB: tl.constexpr, UPCAST
         sc = tl.dot(q, tl.trans(kt), input_precision=PREC)
     else:
         sc = tl.sum(q.to(tl.float32)[:, None, :] * kt.to(tl.float32)[None, :, :], axis=2)
-    return tl.where(lmask[None, :], _pack(sc, ll[None, :]), _NEG)
+    return tl.where(lmask[None, :], sc, float("-inf")), ll
+
+
+@triton.jit
+def _sub_keys(q, k_ptr, row0, l0, end, da, damask, DA, SUB: tl.constexpr, UPCAST: tl.constexpr,
+              PREC: tl.constexpr, USE_DOT: tl.constexpr):
+    """Keys [BLOCK_C, SUB] of positions l0 .. l0+SUB-1 (NEG past `end`)."""
+    sc, ll = _sub_scores(q, k_ptr, row0, l0, end, da, damask, DA, SUB, UPCAST, PREC, USE_DOT)
+    return tl.where((ll < end)[None, :], _pack(sc, ll[None, :]), _NEG)
 
 
 @triton.jit
@@ -114,7 +123,8 @@ def _store_final(best, os_ptr, oi_ptr, rows, cmask, K, KP: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["C", "L", "DA", "K", "CHUNK", "NCH"])
-def _chunk_topk_kernel(q_ptr, k_ptr, len_ptr, part_ptr, scr_ptr, os_ptr, oi_ptr, C, L, DA, K, CHUNK, NCH,
+def _chunk_topk_kernel(q_ptr, k_ptr, len_ptr, part_ptr, scr_ptr, pos_ptr, os_ptr, oi_ptr, C, L, DA, K, CHUNK,
+                       NCH,
                        DA_P: tl.constexpr, KP: tl.constexpr, SUB: tl.constexpr, CAP: tl.constexpr,
                        BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                        USE_DOT: tl.constexpr, DIRECT: tl.constexpr, FINAL: tl.constexpr,
@@ -137,26 +147,32 @@ def _chunk_topk_kernel(q_ptr, k_ptr, len_ptr, part_ptr, scr_ptr, os_ptr, oi_ptr,
     if DIRECT:                                                     # chunk == one sub-tile: select directly
         best = _topk(_sub_keys(q, k_ptr, row0, start, end, da, damask, DA, SUB, UPCAST, PREC, USE_DOT), KP, INTERP)
     else:
-        # pass A: maxima of SUB disjoint groups (column j of every sub-tile) -> threshold
-        gmax = tl.full((BLOCK_C, SUB), _NEG, tl.int64)
+        # pass A (fp32): maxima of SUB disjoint groups (column j of every sub-tile) -> threshold
+        gmax = tl.full((BLOCK_C, SUB), float("-inf"), tl.float32)
         for l0 in range(start, end, SUB):
-            gmax = tl.maximum(gmax, _sub_keys(q, k_ptr, row0, l0, end, da, damask, DA, SUB, UPCAST, PREC, USE_DOT))
+            sc, ll = _sub_scores(q, k_ptr, row0, l0, end, da, damask, DA, SUB, UPCAST, PREC, USE_DOT)
+            gmax = tl.maximum(gmax, sc)
         thr = tl.min(_topk(gmax, KP, INTERP), axis=1)                 # KP-th largest group max
-        # pass B: compact the keys >= thr into this (candidate, chunk)'s scratch row
-        scr = scr_ptr + (rows * NCH + ch)[:, None] * CAP
+        # pass B (fp32): compact (score, position) of every score >= thr into this (candidate, chunk)'s
+        # scratch row; only those few get packed into int64 keys, after the reload
+        base = (rows * NCH + ch)[:, None] * CAP
         cnt = tl.zeros((BLOCK_C,), tl.int32)
         for l0 in range(start, end, SUB):
-            key = _sub_keys(q, k_ptr, row0, l0, end, da, damask, DA, SUB, UPCAST, PREC, USE_DOT)
-            sel = (key >= thr[:, None]) & (key > _NEG) & cmask[:, None]
+            sc, ll = _sub_scores(q, k_ptr, row0, l0, end, da, damask, DA, SUB, UPCAST, PREC, USE_DOT)
+            sel = (sc >= thr[:, None]) & (ll < end)[None, :] & cmask[:, None]
             sel_i = sel.to(tl.int32)
             rank = cnt[:, None] + tl.cumsum(sel_i, axis=1) - 1
-            tl.store(scr + rank, key, mask=sel & (rank < CAP))
+            smask = sel & (rank < CAP)
+            tl.store(scr_ptr + base + rank, sc, mask=smask)
+            tl.store(pos_ptr + base + rank, ll[None, :] + 0 * rank, mask=smask)
             cnt += tl.sum(sel_i, axis=1)
         tl.debug_barrier()
         if tl.max(cnt, axis=0) <= CAP:
             slots = tl.arange(0, CAP)
-            tile = tl.load(scr + slots[None, :], mask=slots[None, :] < cnt[:, None], other=_NEG)
-            best = _topk(tile, KP, INTERP)
+            live = slots[None, :] < cnt[:, None]
+            ts = tl.load(scr_ptr + base + slots[None, :], mask=live, other=0.0)
+            tp = tl.load(pos_ptr + base + slots[None, :], mask=live, other=0)
+            best = _topk(tl.where(live, _pack(ts, tp), _NEG), KP, INTERP)
         else:                                                          # exact fallback (ties / adversarial)
             best = tl.full((BLOCK_C, KP), _NEG, tl.int64)
             for l0 in range(start, end, SUB):
@@ -207,11 +223,13 @@ def topk_target_search_triton(queries: torch.Tensor, keys: torch.Tensor, lengths
     upcast, prec = dot_mode(dtype)
     final = cfg.n_chunks == 1
     direct = cfg.chunk == cfg.sub
-    scratch = torch.empty((1 if direct else b * c * cfg.n_chunks * cfg.cap,), dtype=torch.int64, device=dev)
+    n_scr = 1 if direct else b * c * cfg.n_chunks * cfg.cap
+    scratch = torch.empty((n_scr,), dtype=torch.float32, device=dev)
+    scratch_pos = torch.empty((n_scr,), dtype=torch.int32, device=dev)
     part = torch.empty((1 if final else b * c * cfg.n_chunks * kp,), dtype=torch.int64, device=dev)
     grid = (triton.cdiv(c, cfg.block_c), cfg.n_chunks, b)
     _chunk_topk_kernel[grid](queries.to(dtype).contiguous(), keys.to(dtype).contiguous(),
-                             lengths.contiguous().to(torch.int64), part, scratch, out_s, out_i,
+                             lengths.contiguous().to(torch.int64), part, scratch, scratch_pos, out_s, out_i,
                              c, l, da, k, cfg.chunk, cfg.n_chunks, DA_P=pow2(da, 16), KP=kp, SUB=cfg.sub,
                              CAP=cfg.cap, BLOCK_C=cfg.block_c, UPCAST=upcast, PREC=prec, USE_DOT=cfg.use_dot,
                              DIRECT=direct, FINAL=final, INTERP=interpreting(),
