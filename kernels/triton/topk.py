@@ -86,7 +86,7 @@ def agg_block_c_choices(k: int, dr: int) -> list[int]:
     return [1 << i for i in range(7) if (1 << i) <= min(64, cap)]
 
 
-def _agg_block_c(b: int, c: int, kp: int, dr_p: int, device: torch.device) -> int:
+def agg_block_c(b: int, c: int, kp: int, dr_p: int, device: torch.device) -> int:
     """Candidates per aggregate program: fill the device, keep the [BC, KP, DR] tile <= 8192."""
     return min(rows_block(b * c, sm_count(device)), max(1, 8192 // (kp * dr_p)))
 
@@ -103,7 +103,7 @@ def topk_aggregate_triton(scores: torch.Tensor, indices: torch.Tensor, values: t
     if k == 0 or l == 0:
         return out.zero_()
     kp, dr_p = pow2(k), pow2(dr)
-    bc = block_c or _agg_block_c(b, c, kp, dr_p, values.device)
+    bc = block_c or agg_block_c(b, c, kp, dr_p, values.device)
     _aggregate_fwd_kernel[(triton.cdiv(c, bc), b)](scores.contiguous(), indices.contiguous().to(torch.int64),
                                                    values.contiguous(), out, c, l, k, dr, KP=kp, DR_P=dr_p,
                                                    BLOCK_C=bc, num_warps=4)
@@ -120,7 +120,7 @@ def topk_aggregate_backward_triton(grad_out: torch.Tensor, scores: torch.Tensor,
     gv = torch.zeros((b, l, dr), dtype=torch.float32, device=values.device)
     if b and c and k and l and dr:
         kp, dr_p = pow2(k), pow2(dr)
-        bc = _agg_block_c(b, c, kp, dr_p, values.device)
+        bc = agg_block_c(b, c, kp, dr_p, values.device)
         _aggregate_bwd_kernel[(triton.cdiv(c, bc), b)](grad_out.contiguous(), scores.contiguous(),
                                                        indices.contiguous().to(torch.int64), values.contiguous(),
                                                        gs, gv, c, l, k, dr, KP=kp, DR_P=dr_p, BLOCK_C=bc,
