@@ -1,13 +1,17 @@
-"""Shared helpers for the Triton kernels: interpreter detection, block-size bucketing, autotune configs.
+"""Shared helpers for the Triton kernels: interpreter detection, block-size bucketing, the
+device's multiprocessor count (for grid sizing).
 
-Autotune keys always use *bucketed* sizes (next power of two) so that long-tailed history lengths
-do not trigger a recompile / re-tune per distinct length.
+No kernel autotunes: every launcher picks its block sizes from a fixed rule per shape class
+(kernels/triton/configs.py), so a new shape never stalls a request on a tuning sweep, and the
+integer size arguments are marked `do_not_specialize` so a new length compiles nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
+import torch
 import triton
 
 
@@ -21,10 +25,18 @@ def pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def configs(gpu: list[triton.Config], interp: triton.Config) -> list[triton.Config]:
-    """Autotune candidates: several on the GPU, exactly one under the interpreter
-    (multi-config autotune does not work in the interpreter)."""
-    return [interp] if interpreting() else gpu
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`; CPU tensors (the interpreter) count as a 2-SM device,
+    which keeps interpreter grids small (its cost grows with the number of programs). Tests that
+    need the many-chunk plans of a large GPU pass an explicit config."""
+    if device.type != "cuda":
+        return 2
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def check_cuda_or_interp(*tensors) -> None:

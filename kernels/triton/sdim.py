@@ -1,14 +1,18 @@
 """SDIM bucket table (BSE) build and candidate gather, forward and backward.
 
-Table build: one program per (signature, d-block, user); s varies fastest in the grid so the
-programs of one user run together and re-read its history from L2, not HBM. Each program streams
-the user's valid prefix in BLOCK_L chunks and accumulates `onehot(codes)^T @ history` with tl.dot:
-the [BLOCK_L, nb] one-hot lives in registers only (no [B,L,S] mask or [B,L,S,nb] one-hot in
-memory), accumulation is fp32, and the result is deterministic (no atomics). Work past
-lengths[b] is skipped entirely (ragged batches cost what their valid positions cost).
+Table build (`_table_all_kernel`, when S_P*NB_P*D_P <= 16384, e.g. S=16 tau=4 d=32): one program
+per (chunk of the history, user) reads each history row and its S codes once and accumulates
+`onehot(codes)^T @ history` for all signatures in one tl.dot per BLOCK_L rows ([S*nb, BLOCK_L] x
+[BLOCK_L, d]); the one-hot lives in registers only (no [B,L,S] mask or [B,L,S,nb] one-hot in
+memory), accumulation is fp32. Long histories at small B are split into chunks whose partial
+tables the host sums (deterministic, no atomics). Wider tables fall back to one program per
+(signature, d-block, user) (`_table_fwd_kernel`). Work past lengths[b] is skipped entirely
+(ragged batches cost what their valid positions cost). Block sizes are fixed (no autotuning).
 
 Precision: bf16 history -> bf16 tl.dot (one-hot x bf16 products are exact, fp32 accumulate);
-fp32 history -> "tf32x3" on the GPU (near-fp32, tensor cores), fp32 IEEE under the interpreter
+fp32 history -> on the GPU, the all-signature kernel splits h into three bf16 parts (h1 + h2 + h3
+carries h's 24-bit mantissa) and runs three bf16 dots with the exact bf16 one-hot (cheaper than
+"tf32x3", which also splits the one-hot); the per-signature kernels use "tf32x3"; fp32 IEEE under the interpreter
 (whose tl.dot on bf16 is wrong, so bf16 is upcast there).
 """
 
@@ -18,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton._common import check_cuda_or_interp, configs, interpreting, pow2
+from kernels.triton._common import check_cuda_or_interp, interpreting, pow2, sm_count
+from kernels.triton.configs import rows_block
 
 EPS = 1e-12  # F.normalize's eps, as in the reference
 
@@ -32,15 +37,53 @@ def _dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
     return False, "ieee"
 
 
-@triton.autotune(
-    configs=configs(
-        [triton.Config({"BLOCK_L": bl}, num_warps=w, num_stages=st)
-         for bl in (64, 128) for w in (4, 8) for st in (2, 3)],
-        triton.Config({"BLOCK_L": 64}, num_warps=4)),
-    key=["L_BUCKET", "D", "S", "NB_P", "UPCAST"],
-)
-@triton.jit
-def _table_fwd_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, L_BUCKET, D, S, NB,
+@triton.jit(do_not_specialize=["L", "D", "S", "NB", "CHUNK", "NCH"])
+def _table_all_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, D, S, NB, CHUNK, NCH,
+                      S_P: tl.constexpr, NB_P: tl.constexpr, D_P: tl.constexpr, UPCAST: tl.constexpr,
+                      PREC: tl.constexpr, SPLIT3: tl.constexpr, BLOCK_L: tl.constexpr):
+    """All signatures at once: one program per (chunk of the history, user) reads each history row
+    and its S codes exactly once and accumulates onehot[S_P*NB_P, BLOCK_L] @ h[BLOCK_L, D] into a
+    [S_P*NB_P, D] fp32 tile; writes this chunk's partial table (summed over chunks by the host)."""
+    ch = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    n_valid = tl.minimum(tl.maximum(tl.load(len_ptr + b), 0), L).to(tl.int32)
+    start = ch * CHUNK
+    end = tl.minimum(start + CHUNK, n_valid)
+    dd = tl.arange(0, D_P)
+    dmask = dd < D
+    sig = tl.arange(0, S_P)
+    bucket = tl.arange(0, NB_P)
+    acc = tl.zeros((S_P * NB_P, D_P), dtype=tl.float32)
+    for l0 in range(start, end, BLOCK_L):
+        ll = l0 + tl.arange(0, BLOCK_L)
+        lmask = ll < end
+        row = b * L + ll
+        h = tl.load(h_ptr + row[:, None] * D + dd[None, :], mask=lmask[:, None] & dmask[None, :], other=0.0)
+        code = tl.load(c_ptr + row[None, :] * S + sig[:, None], mask=(sig < S)[:, None] & lmask[None, :], other=-1)
+        hit = tl.reshape(code[:, None, :] == bucket[None, :, None], (S_P * NB_P, BLOCK_L))
+        if SPLIT3:                      # fp32 history on the GPU: exact bf16 one-hot x 3 bf16 parts of h
+            hot = hit.to(tl.bfloat16)
+            h32 = h.to(tl.float32)
+            h1 = h32.to(tl.bfloat16)
+            r1 = h32 - h1.to(tl.float32)
+            h2 = r1.to(tl.bfloat16)
+            h3 = (r1 - h2.to(tl.float32)).to(tl.bfloat16)
+            acc = tl.dot(hot, h1, acc)
+            acc = tl.dot(hot, h2, acc)
+            acc = tl.dot(hot, h3, acc)
+        elif UPCAST:
+            acc = tl.dot(hit.to(tl.float32), h.to(tl.float32), acc, input_precision=PREC)
+        else:
+            acc = tl.dot(hit.to(h.dtype), h, acc)
+    r = tl.arange(0, S_P * NB_P)
+    rs = r // NB_P
+    rj = r % NB_P
+    optr = out_ptr + (((b * NCH + ch) * S + rs) * NB + rj)[:, None] * D + dd[None, :]
+    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=((rs < S) & (rj < NB))[:, None] & dmask[None, :])
+
+
+@triton.jit(do_not_specialize=["L", "D", "S", "NB"])
+def _table_fwd_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, D, S, NB,
                       NB_P: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
                       PREC: tl.constexpr, BLOCK_L: tl.constexpr):
     s = tl.program_id(0)
@@ -66,14 +109,8 @@ def _table_fwd_kernel(h_ptr, c_ptr, len_ptr, out_ptr, L, L_BUCKET, D, S, NB,
     tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=(buckets[:, None] < NB) & dmask[None, :])
 
 
-@triton.autotune(
-    configs=configs(
-        [triton.Config({"BLOCK_L": bl}, num_warps=w) for bl in (32, 64, 128) for w in (4, 8)],
-        triton.Config({"BLOCK_L": 32}, num_warps=4)),
-    key=["L_BUCKET", "D", "S"],
-)
-@triton.jit
-def _table_bwd_kernel(g_ptr, c_ptr, len_ptr, out_ptr, L, L_BUCKET, D, S, NB,
+@triton.jit(do_not_specialize=["L", "D", "S", "NB"])
+def _table_bwd_kernel(g_ptr, c_ptr, len_ptr, out_ptr, L, D, S, NB,
                       BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """grad_history[b,l] = sum_s grad_table[b, s, codes[b,l,s]] for l < length, else 0."""
     pid_l = tl.program_id(0)
@@ -94,14 +131,8 @@ def _table_bwd_kernel(g_ptr, c_ptr, len_ptr, out_ptr, L, L_BUCKET, D, S, NB,
              mask=(ll < L)[:, None] & dmask[None, :])
 
 
-@triton.autotune(
-    configs=configs(
-        [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc in (16, 32, 64) for w in (2, 4)],
-        triton.Config({"BLOCK_C": 16}, num_warps=4)),
-    key=["C_BUCKET", "D", "S"],
-)
-@triton.jit
-def _gather_fwd_kernel(t_ptr, c_ptr, out_ptr, C, C_BUCKET, D, S, NB,
+@triton.jit(do_not_specialize=["C", "D", "S", "NB"])
+def _gather_fwd_kernel(t_ptr, c_ptr, out_ptr, C, D, S, NB,
                        BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[b,c] = mean_s normalize(table[b, s, codes[b,c,s]])."""
     pid_c = tl.program_id(0)
@@ -120,14 +151,8 @@ def _gather_fwd_kernel(t_ptr, c_ptr, out_ptr, C, C_BUCKET, D, S, NB,
     tl.store(out_ptr + (b * C + cc)[:, None] * D + dd[None, :], (acc / S).to(out_ptr.dtype.element_ty), mask=m2)
 
 
-@triton.autotune(
-    configs=configs(
-        [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc in (32, 64) for w in (4, 8)],
-        triton.Config({"BLOCK_C": 32}, num_warps=4)),
-    key=["C_BUCKET", "D", "S", "NB_P"],
-)
-@triton.jit
-def _gather_bwd_kernel(t_ptr, c_ptr, g_ptr, out_ptr, C, C_BUCKET, D, S, NB,
+@triton.jit(do_not_specialize=["C", "D", "S", "NB"])
+def _gather_bwd_kernel(t_ptr, c_ptr, g_ptr, out_ptr, C, D, S, NB,
                        NB_P: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr,
                        BLOCK_C: tl.constexpr):
     """grad_table[b,s,j] = sum_{c: codes[b,c,s]=j} d normalize(v)/dv^T (grad_out[b,c]/S),
@@ -170,11 +195,23 @@ def sdim_bucket_table_triton(history: torch.Tensor, codes: torch.Tensor, lengths
     if l == 0:
         return out.zero_()
     upcast, prec = _dot_mode(history.dtype)
+    h, c, n = history.contiguous(), codes.contiguous().to(torch.int64), lengths.contiguous().to(torch.int64)
+    s_p, nb_p, d_p = pow2(s), pow2(num_buckets, 2), pow2(d, 16)
+    if s_p * nb_p >= 16 and s_p * nb_p * d_p <= 16384:
+        block_l = 64
+        want = max(1, -(-4 * sm_count(history.device) // b))
+        chunk = -(-max(l, 1) // min(want, max(1, l // 1024)))
+        chunk = -(-chunk // block_l) * block_l
+        nch = -(-l // chunk)
+        part = out if nch == 1 else torch.empty((b, nch, s, num_buckets, d), dtype=torch.float32, device=h.device)
+        _table_all_kernel[(nch, b)](h, c, n, part, l, d, s, num_buckets, chunk, nch, S_P=s_p, NB_P=nb_p, D_P=d_p,
+                                    UPCAST=upcast, PREC=prec, SPLIT3=prec == "tf32x3", BLOCK_L=block_l,
+                                    num_warps=8)
+        return out if nch == 1 else part.sum(1).to(out.dtype)
     block_d = min(pow2(d, 16), 64)
-    grid = (s, triton.cdiv(d, block_d), b)
-    _table_fwd_kernel[grid](history.contiguous(), codes.contiguous().to(torch.int64),
-                            lengths.contiguous().to(torch.int64), out, l, pow2(l), d, s, num_buckets,
-                            NB_P=pow2(num_buckets, 16), BLOCK_D=block_d, UPCAST=upcast, PREC=prec)
+    _table_fwd_kernel[(s, triton.cdiv(d, block_d), b)](h, c, n, out, l, d, s, num_buckets,
+                                                       NB_P=pow2(num_buckets, 16), BLOCK_D=block_d,
+                                                       UPCAST=upcast, PREC=prec, BLOCK_L=64, num_warps=4)
     return out
 
 
@@ -190,9 +227,9 @@ def sdim_bucket_table_backward_triton(grad_table: torch.Tensor, codes: torch.Ten
     if s == 0:
         return out.zero_()
     block_d = min(pow2(d, 16), 64)
-    grid = lambda meta: (triton.cdiv(l, meta["BLOCK_L"]), triton.cdiv(d, block_d), b)  # noqa: E731
-    _table_bwd_kernel[grid](grad_table.contiguous(), codes.contiguous().to(torch.int64),
-                            lengths.contiguous().to(torch.int64), out, l, pow2(l), d, s, nb, BLOCK_D=block_d)
+    _table_bwd_kernel[(triton.cdiv(l, 64), triton.cdiv(d, block_d), b)](
+        grad_table.contiguous(), codes.contiguous().to(torch.int64), lengths.contiguous().to(torch.int64), out,
+        l, d, s, nb, BLOCK_D=block_d, BLOCK_L=64, num_warps=4)
     return out
 
 
@@ -206,9 +243,9 @@ def sdim_gather_triton(table: torch.Tensor, candidate_codes: torch.Tensor) -> to
         return out
     if s == 0:
         return out.fill_(float("nan"))  # mean over zero signatures, as torch's mean gives
-    grid = lambda meta: (triton.cdiv(c, meta["BLOCK_C"]), b)  # noqa: E731
-    _gather_fwd_kernel[grid](table.contiguous(), candidate_codes.contiguous().to(torch.int64), out,
-                             c, pow2(c), d, s, nb, BLOCK_D=pow2(d, 16))
+    bc = max(16, min(64, rows_block(b * c, sm_count(table.device))))
+    _gather_fwd_kernel[(triton.cdiv(c, bc), b)](table.contiguous(), candidate_codes.contiguous().to(torch.int64), out,
+                                                c, d, s, nb, BLOCK_D=pow2(d, 16), BLOCK_C=bc, num_warps=4)
     return out
 
 
@@ -225,6 +262,6 @@ def sdim_gather_backward_triton(grad_out: torch.Tensor, table: torch.Tensor,
         return out.zero_()
     _, prec = _dot_mode(torch.float32)
     _gather_bwd_kernel[(s, b)](table.contiguous(), candidate_codes.contiguous().to(torch.int64),
-                               grad_out.contiguous(), out, c, pow2(c), d, s, nb,
-                               NB_P=pow2(nb, 16), BLOCK_D=pow2(d, 16), PREC=prec)
+                               grad_out.contiguous(), out, c, d, s, nb,
+                               NB_P=pow2(nb, 16), BLOCK_D=pow2(d, 16), PREC=prec, BLOCK_C=32, num_warps=4)
     return out
