@@ -185,22 +185,31 @@ class SQLiteStore(UserStore):
         return self._read(user_id, since_seq, None)
 
     def _read(self, user_id: int, since_seq: int, max_len: int | None) -> History:
-        """Retained events with seq > since_seq, the newest `max_len` of them, in timestamp order."""
+        """Retained events with seq > since_seq (a catch-up tail) or the newest `max_len` (None: all),
+        in timestamp order. Without a late event among them - the common case - arrival order is
+        time order and they are a primary-key range of seqs (read as main's store did); else the
+        time-order index gives them sorted."""
         with self._lock:
-            seq, reorder, _, _ = self._user_locked(user_id)
-            if since_seq > 0 and max_len is None:  # a catch-up tail: a primary-key range, sorted below
+            row = self._db.execute("SELECT seq, reorder_seq, kept FROM users WHERE user_id=?", (user_id,)).fetchone()
+            seq, reorder, kept = (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
+            n = kept if max_len is None else max_len  # the newest n events are wanted
+            pk_from = since_seq if since_seq > 0 else None
+            if pk_from is None and n is not None and (reorder == 0 or reorder <= seq - n):
+                pk_from = seq - int(n)  # no late event among the newest n: they are seqs seq-n+1..seq
+            if pk_from is not None:
                 rows = self._db.execute("SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY seq",
-                                        (user_id, since_seq)).fetchall()
-            else:  # the newest max_len in time order (covering index)
+                                        (user_id, pk_from)).fetchall()
+            else:
                 rows = self._db.execute(
-                    "SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY ts DESC, seq DESC LIMIT ?",
-                    (user_id, since_seq, -1 if max_len is None else max_len),
+                    "SELECT item_id, category_id, ts FROM events WHERE user_id=? ORDER BY ts DESC, seq DESC LIMIT ?",
+                    (user_id, -1 if max_len is None else max_len),
                 ).fetchall()[::-1]
         if not rows:
-            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=int(seq or 0), reordered_at=int(reorder or 0))
+            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=seq, reordered_at=reorder)
         arr = np.asarray(rows, dtype=np.int64)
-        arr = arr[np.argsort(arr[:, 2], kind="stable")]  # time order, ties by seq (a no-op for in-order rows)
-        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), int(seq or 0), int(reorder or 0))
+        if since_seq > 0 and reorder > since_seq:  # a late event in the tail: sort it (ties keep seq order)
+            arr = arr[np.argsort(arr[:, 2], kind="stable")]
+        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), seq, reorder)
 
     def has_event(self, event_id: str) -> bool:
         with self._lock:

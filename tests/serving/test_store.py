@@ -193,3 +193,38 @@ def test_event_id_reused_with_another_payload_is_a_conflict(store: UserStore) ->
     with pytest.raises(EventIdConflict):  # the same id twice in one request with different payloads
         store.append([ev("z", 1, 30, 8), ev("z", 1, 31, 8)])
     assert not store.has_event("z") and store.seq(1) == 1
+
+
+def test_reads_match_the_builds_order_through_late_events(store: UserStore) -> None:
+    """history(max_len) and history_since against a reference of the build's rule (every stored
+    event sorted by (timestamp, arrival), the newest max_history=5 kept), over mostly in-order
+    appends with late events at varying distances: covers both the read by arrival range (no late
+    event among the newest max_len) and the read in time order (a late one among them)."""
+    rng = np.random.default_rng(7)
+    for user in range(1, 5):
+        kept: list[tuple[int, int, int]] = []  # (timestamp, seq, item)
+        seq, newest_ts, reordered_at = 0, 0, 0
+        for batch in range(25):
+            events = []
+            for _ in range(int(rng.integers(1, 4))):
+                late = rng.random() < 0.15
+                ts = int(newest_ts - rng.integers(0, 40)) if late else int(newest_ts + rng.integers(0, 3))
+                seq += 1
+                if seq > 1 and ts < newest_ts:
+                    reordered_at = seq
+                newest_ts = max(newest_ts, ts)
+                item = 1000 * user + seq
+                events.append(ev(f"u{user}-{seq}", user, item, ts))
+                kept.append((ts, seq, item))
+            store.append(events)
+            kept = sorted(kept)[-5:]
+            for max_len in (None, 1, 2, 4, 5, 8):
+                h = store.history(user, max_len)
+                want = kept if max_len is None else kept[-max_len:]
+                assert h.items.tolist() == [i for _, _, i in want], (user, batch, max_len)
+                assert h.timestamps.tolist() == [t for t, _, _ in want] and (h.seq, h.reordered_at) == (seq, reordered_at)
+            for since in range(max(0, seq - 6), seq + 1):
+                t = store.history_since(user, since)
+                assert t.timestamps.tolist() == sorted(t.timestamps.tolist()) and t.seq == seq  # always in time order
+                if reordered_at <= since:  # the catch-up contract: exactly the events after `since`
+                    assert t.items.tolist() == [i for _, s, i in kept if s > since], (user, batch, since)
