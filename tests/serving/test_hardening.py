@@ -138,6 +138,17 @@ def test_content_type_is_named(client: TestClient, headers: dict[str, str], what
         assert "header.Content-Type" in r.json()["message"] and what in r.json()["message"]
 
 
+def test_unknown_paths_and_methods_get_the_uniform_shape(client: TestClient) -> None:
+    for method, path, status, loc, what in (("get", "/v2/score", 404, "path", "no endpoint /v2/score"),
+                                            ("get", "/v1/score", 405, "method", "GET is not allowed on /v1/score"),
+                                            ("delete", "/v1/events", 405, "method", "DELETE is not allowed")):
+        r = getattr(client, method)(path, headers=AUTH)
+        out = r.json()
+        assert r.status_code == status and set(out) == {"detail", "message"} and out["detail"][0]["loc"] == [loc], out
+        assert what in out["message"], out["message"]
+    assert client.get("/v1/score").headers["allow"] == "POST"  # the 405's Allow header is kept
+
+
 # -- 8. small things ------------------------------------------------------------------------------
 def test_history_length_reports_stored_and_effective(tmp_path: Path) -> None:
     with make(tmp_path, window=6, store_max_history=50) as c:
