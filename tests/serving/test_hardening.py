@@ -149,6 +149,18 @@ def test_unknown_paths_and_methods_get_the_uniform_shape(client: TestClient) -> 
     assert client.get("/v1/score").headers["allow"] == "POST"  # the 405's Allow header is kept
 
 
+def test_content_type_check_accepts_json_and_its_variants_only() -> None:
+    from serving.auth import check_content_type
+    from serving.errors import FieldError
+
+    for ok in ("application/json", "application/json; charset=utf-8", "Application/JSON", "application/problem+json"):
+        check_content_type(ok)
+    for bad in ("text/json", "application/jsonx", "application/x-json-stream", "json", ""):
+        with pytest.raises(FieldError) as info:
+            check_content_type(bad)
+        assert info.value.status == 415 and info.value.loc == ("header", "Content-Type")
+
+
 # -- 8. small things ------------------------------------------------------------------------------
 def test_history_length_reports_stored_and_effective(tmp_path: Path) -> None:
     with make(tmp_path, window=6, store_max_history=50) as c:
