@@ -76,9 +76,12 @@ class EventIdConflict(ValueError):
     """Event ids already stored (within the idempotency window) with a different payload; the
     append stored nothing."""
 
-    def __init__(self, event_ids: list[str]) -> None:
+    def __init__(self, event_ids: list[str], positions: list[int] | None = None) -> None:
         super().__init__(f"event_id already stored with a different payload: {', '.join(event_ids)}")
         self.event_ids = event_ids
+        #: index in the append's event list of each conflicting event (the later one of an id sent
+        #: twice in one request with different payloads)
+        self.positions = positions or []
 
 
 PAYLOAD_VERSION = "v2"

@@ -36,7 +36,7 @@ for i = 0, n - 1 do
   local eid, key = arg(i, 0), arg(i, 4)
   local prev = seen[eid]
   if prev == nil then prev = redis.call('GET', p .. 'e:' .. eid) end
-  if prev and string.sub(prev, 1, 3) == 'v2|' and prev ~= key then conflicts[#conflicts + 1] = eid end
+  if prev and string.sub(prev, 1, 3) == 'v2|' and prev ~= key then conflicts[#conflicts + 1] = tostring(i) end
   if seen[eid] == nil then seen[eid] = prev or key end
 end
 if #conflicts > 0 then table.insert(conflicts, 1, 'conflict'); return conflicts end
@@ -116,7 +116,8 @@ class RedisStore(UserStore):
             args += [ev.event_id, ev.user_id, rec, ev.timestamp, payload_key(ev)]
         flags = self._append(args=args)
         if flags and flags[0] == b"conflict":
-            raise EventIdConflict([f.decode() for f in flags[1:]])
+            positions = [int(f) for f in flags[1:]]
+            raise EventIdConflict([events[k].event_id for k in positions], positions)
         for ev, flag in zip(events, flags):
             (result.stored if int(flag) == 1 else result.duplicates).append(ev.event_id)
         return result

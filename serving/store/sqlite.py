@@ -73,7 +73,7 @@ class SQLiteStore(UserStore):
         """Store new events durably; an id already stored with the same payload is a duplicate, with
         another payload the whole request is refused (EventIdConflict, nothing stored)."""
         result = AppendResult()
-        conflicts: list[str] = []
+        conflicts: list[int] = []  # positions in `events`
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -82,11 +82,14 @@ class SQLiteStore(UserStore):
                 if self.event_id_ttl_s is not None:  # ids past the idempotency window (index range scan)
                     db.execute("DELETE FROM event_ids WHERE created < ?", (now - self.event_id_ttl_s,))
                 users: dict[int, list[int | None]] = {}  # user -> [seq, reorder_seq, max_ts, kept]
-                for ev in events:
+                for pos, ev in enumerate(events):
                     key = payload_key(ev)
                     row = db.execute("SELECT payload FROM event_ids WHERE event_id=?", (ev.event_id,)).fetchone()
                     if row is not None:
-                        (conflicts if row[0] is not None and row[0] != key else result.duplicates).append(ev.event_id)
+                        if row[0] is not None and row[0] != key:
+                            conflicts.append(pos)
+                        else:
+                            result.duplicates.append(ev.event_id)
                         continue
                     db.execute("INSERT INTO event_ids VALUES (?,?,?)", (ev.event_id, now, key))
                     u = users.get(ev.user_id) or users.setdefault(ev.user_id, self._user_locked(ev.user_id))
@@ -101,7 +104,7 @@ class SQLiteStore(UserStore):
                     )
                     result.stored.append(ev.event_id)
                 if conflicts:
-                    raise EventIdConflict(conflicts)
+                    raise EventIdConflict([events[k].event_id for k in conflicts], conflicts)
                 for user, u in users.items():
                     self._evict_locked(user, u)
                     db.execute("INSERT INTO users VALUES (?,?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq, "

@@ -95,8 +95,11 @@ def test_event_id_reused_with_another_payload_is_409_naming_it(client: TestClien
         r = client.post("/v1/events", json=body, headers=AUTH)
         assert r.status_code == 409, r.text
         assert "body.events.1.event_id" in r.json()["message"] and "x-1" in r.json()["message"]
+    repeat = [{"event_id": e, "user_id": 5, "item_id": i, "timestamp": 12} for e, i in (("r", K[3]), ("s", K[4]), ("r", K[5]))]
+    r = client.post("/v1/events", json={"events": repeat}, headers=AUTH)  # an id sent twice with different payloads
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "events", 2, "event_id"], r.text
     store = client.app.state.svc.store
-    assert not store.has_event("new") and store.history(6).items.tolist() == [] and store.history(5).items.tolist() == [K[0]]
+    assert not store.has_event("r") and not store.has_event("new") and store.history(6).items.tolist() == [] and store.history(5).items.tolist() == [K[0]]
 
 
 # -- 4. auth before the body ------------------------------------------------------------------------

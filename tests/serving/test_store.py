@@ -188,10 +188,11 @@ def test_event_id_reused_with_another_payload_is_a_conflict(store: UserStore) ->
     for other in (ev("a", 2, 10, 5), ev("a", 1, 11, 5), ev("a", 1, 10, 6), ev("a", 1, 10, 5, cat=3)):
         with pytest.raises(EventIdConflict, match="event_id already stored with a different payload: a") as info:
             store.append([ev("n", 1, 20, 7), other])
-        assert info.value.event_ids == ["a"]
+        assert info.value.event_ids == ["a"] and info.value.positions == [1]
     assert not store.has_event("n") and store.history(1).items.tolist() == [10] and store.seq(1) == 1  # nothing stored
-    with pytest.raises(EventIdConflict):  # the same id twice in one request with different payloads
-        store.append([ev("z", 1, 30, 8), ev("z", 1, 31, 8)])
+    with pytest.raises(EventIdConflict) as info:  # the same id twice in one request with different payloads
+        store.append([ev("z", 1, 30, 8), ev("y", 1, 32, 8), ev("z", 1, 31, 8)])
+    assert info.value.event_ids == ["z"] and info.value.positions == [2]  # the later one is the conflict
     assert not store.has_event("z") and store.seq(1) == 1
 
 
