@@ -41,7 +41,8 @@ class Event:
 class History:
     """A user's retained events in timestamp order (oldest first); `seq` counts every event ever
     appended, so the events hold positions seq-len+1..seq of that order; `reordered_at` is the
-    seq of the user's last late event (0: none)."""
+    seq of the user's last late event (0: none; seq + 1 for a user migrated from arrival order):
+    a state computed at a seq below it is rebuilt, not advanced."""
 
     items: np.ndarray  # [L] int64 raw item ids
     categories: np.ndarray  # [L] int64 raw category ids, -1 when none

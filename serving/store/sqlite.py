@@ -154,7 +154,8 @@ class SQLiteStore(UserStore):
     def _migrate(self) -> None:
         """Add the columns of stores written by older versions: event_ids.created (= now, so their
         ids keep deduplicating for one full window) and .payload (NULL: not compared); users'
-        reorder_seq (= seq: their states are rebuilt once, in timestamp order), max_ts and kept."""
+        reorder_seq, max_ts and kept. reorder_seq = seq + 1: their events were kept in arrival order,
+        so every state computed before (persisted ones included, at seq) is rebuilt, in timestamp order."""
         adds = {
             "event_ids": [("created", f"REAL NOT NULL DEFAULT {time.time():.3f}"), ("payload", "TEXT")],
             "users": [("reorder_seq", "INTEGER NOT NULL DEFAULT 0"), ("max_ts", "INTEGER"), ("kept", "INTEGER")],
@@ -169,7 +170,7 @@ class SQLiteStore(UserStore):
                         if "duplicate column" not in str(exc):
                             raise
                     if table == "users" and name == "kept":
-                        self._db.execute("UPDATE users SET reorder_seq=seq, kept=(SELECT COUNT(*) FROM events e WHERE "
+                        self._db.execute("UPDATE users SET reorder_seq=seq+1, kept=(SELECT COUNT(*) FROM events e WHERE "
                                          "e.user_id=users.user_id), max_ts=(SELECT MAX(ts) FROM events e WHERE e.user_id=users.user_id)")
 
     def _seq_locked(self, user_id: int) -> int:

@@ -229,3 +229,52 @@ def test_reads_match_the_builds_order_through_late_events(store: UserStore) -> N
                 assert t.timestamps.tolist() == sorted(t.timestamps.tolist()) and t.seq == seq  # always in time order
                 if reordered_at <= since:  # the catch-up contract: exactly the events after `since`
                     assert t.items.tolist() == [i for _, s, i in kept if s > since], (user, batch, since)
+
+
+def test_sqlite_store_from_before_timestamp_order_rebuilds_its_states(tmp_path: Path) -> None:
+    """A store written by main 75a3438 (events kept in arrival order, no reorder_seq) with a state
+    blob persisted at the user's seq: after the upgrade the history reads in timestamp order and
+    the persisted arrival-order state is rebuilt, not served or advanced."""
+    import sqlite3
+
+    from serving.metrics import Metrics
+    from serving.models import state_to_bytes
+    from serving.state import StateCache
+    from serving.store.base import History
+    from tests.serving import models as M
+
+    scorer = M.ctr_scorer("dare", init_std=0.3)
+    items = M.RAW_ITEMS[[4, 9, 2, 30]]
+    times = np.array([40, 10, 30, 20])  # sent out of order before the upgrade
+    arrival = History(items, np.full(4, -1), times, seq=4)
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(str(path))
+    db.executescript("""
+        CREATE TABLE users (user_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+        CREATE TABLE events (user_id INTEGER NOT NULL, seq INTEGER NOT NULL, item_id INTEGER NOT NULL,
+            category_id INTEGER NOT NULL, ts INTEGER NOT NULL, event_type TEXT, event_id TEXT,
+            PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
+        CREATE TABLE event_ids (event_id TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE states (user_id INTEGER NOT NULL, model_key TEXT NOT NULL, seq INTEGER NOT NULL,
+            data BLOB NOT NULL, PRIMARY KEY (user_id, model_key)) WITHOUT ROWID;""")
+    db.executemany("INSERT INTO events VALUES (1,?,?,-1,?,NULL,?)",
+                   [(k + 1, int(i), int(t), f"e{k}") for k, (i, t) in enumerate(zip(items, times))])
+    db.execute("INSERT INTO users VALUES (1, 4)")
+    db.execute("INSERT INTO states VALUES (1, ?, 4, ?)", (scorer.key, state_to_bytes(scorer.encode(arrival))))
+    db.commit()
+    db.close()
+    s = open_store(f"sqlite:{path}", max_history=10)
+    try:
+        h = s.history(1)
+        assert h.timestamps.tolist() == [10, 20, 30, 40] and h.seq == 4
+        dense = scorer.encode_items(M.RAW_ITEMS[:8])
+        want = scorer.score(scorer.encode(h), dense)
+        assert not np.allclose(scorer.score(scorer.encode(arrival), dense), want)  # the two orders score apart
+        got = StateCache(s, Metrics()).get(scorer, 1)
+        np.testing.assert_allclose(scorer.score(got.state, dense), want, rtol=1e-5, atol=1e-6)
+        s.append([ev("new", 1, int(M.RAW_ITEMS[7]), 50)])  # and it advances from there
+        got = StateCache(s, Metrics()).get(scorer, 1)
+        np.testing.assert_allclose(scorer.score(got.state, dense), scorer.score(scorer.encode(s.history(1)), dense),
+                                   rtol=1e-5, atol=1e-6)
+    finally:
+        s.close()
