@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 import uuid
 from pathlib import Path
 
@@ -231,22 +232,54 @@ def test_reads_match_the_builds_order_through_late_events(store: UserStore) -> N
                     assert t.items.tolist() == [i for _, s, i in kept if s > since], (user, batch, since)
 
 
-def test_sqlite_store_from_before_timestamp_order_rebuilds_its_states(tmp_path: Path) -> None:
-    """A store written by main 75a3438 (events kept in arrival order, no reorder_seq) with a state
-    blob persisted at the user's seq: after the upgrade the history reads in timestamp order and
-    the persisted arrival-order state is rebuilt, not served or advanced."""
-    import sqlite3
 
-    from serving.metrics import Metrics
+LEGACY_TIMES = np.array([40, 10, 30, 20])  # one user's events, sent out of order before the upgrade
+
+
+def legacy_user(scorer: Any) -> tuple[np.ndarray, Any, bytes]:
+    """(raw items, the arrival-order History, the bytes of its state as the old version persisted it)."""
     from serving.models import state_to_bytes
-    from serving.state import StateCache
     from serving.store.base import History
     from tests.serving import models as M
 
-    scorer = M.ctr_scorer("dare", init_std=0.3)
     items = M.RAW_ITEMS[[4, 9, 2, 30]]
-    times = np.array([40, 10, 30, 20])  # sent out of order before the upgrade
-    arrival = History(items, np.full(4, -1), times, seq=4)
+    arrival = History(items, np.full(4, -1), LEGACY_TIMES, seq=4)
+    return items, arrival, state_to_bytes(scorer.encode(arrival))
+
+
+def check_upgraded(s: UserStore, scorer: Any, arrival: Any, read_before_append: bool = True) -> None:
+    """The upgraded store reads the user in timestamp order, and the state persisted in arrival
+    order before the upgrade is rebuilt (not served, not advanced), then advanced from there."""
+    from serving.metrics import Metrics
+    from serving.state import StateCache
+    from tests.serving import models as M
+
+    dense = scorer.encode_items(M.RAW_ITEMS[:8])
+    timed = arrival.items[np.argsort(arrival.timestamps, kind="stable")]
+    assert not np.allclose(scorer.score(scorer.encode(arrival), dense),
+                           scorer.score(scorer.encode(type(arrival)(timed, arrival.categories, np.sort(arrival.timestamps))), dense))
+
+    def assert_state_matches_the_history() -> None:
+        h = s.history(1)
+        assert h.items.tolist()[:4] == timed.tolist() and h.timestamps.tolist() == sorted(h.timestamps.tolist())
+        got = StateCache(s, Metrics()).get(scorer, 1)
+        np.testing.assert_allclose(scorer.score(got.state, dense), scorer.score(scorer.encode(h), dense), rtol=1e-5, atol=1e-6)
+
+    if read_before_append:
+        assert_state_matches_the_history()
+    s.append([ev("new", 1, int(M.RAW_ITEMS[7]), 50)])
+    assert_state_matches_the_history()
+
+
+def test_sqlite_store_from_before_timestamp_order_rebuilds_its_states(tmp_path: Path) -> None:
+    """A store written by main 75a3438 (events in arrival order, no reorder_seq), with a state blob
+    persisted at the user's seq."""
+    import sqlite3
+
+    from tests.serving import models as M
+
+    scorer = M.ctr_scorer("dare", init_std=0.3)
+    items, arrival, blob = legacy_user(scorer)
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(str(path))
     db.executescript("""
@@ -258,23 +291,48 @@ def test_sqlite_store_from_before_timestamp_order_rebuilds_its_states(tmp_path: 
         CREATE TABLE states (user_id INTEGER NOT NULL, model_key TEXT NOT NULL, seq INTEGER NOT NULL,
             data BLOB NOT NULL, PRIMARY KEY (user_id, model_key)) WITHOUT ROWID;""")
     db.executemany("INSERT INTO events VALUES (1,?,?,-1,?,NULL,?)",
-                   [(k + 1, int(i), int(t), f"e{k}") for k, (i, t) in enumerate(zip(items, times))])
+                   [(k + 1, int(i), int(t), f"e{k}") for k, (i, t) in enumerate(zip(items, LEGACY_TIMES))])
     db.execute("INSERT INTO users VALUES (1, 4)")
-    db.execute("INSERT INTO states VALUES (1, ?, 4, ?)", (scorer.key, state_to_bytes(scorer.encode(arrival))))
+    db.execute("INSERT INTO states VALUES (1, ?, 4, ?)", (scorer.key, blob))
     db.commit()
     db.close()
     s = open_store(f"sqlite:{path}", max_history=10)
     try:
-        h = s.history(1)
-        assert h.timestamps.tolist() == [10, 20, 30, 40] and h.seq == 4
-        dense = scorer.encode_items(M.RAW_ITEMS[:8])
-        want = scorer.score(scorer.encode(h), dense)
-        assert not np.allclose(scorer.score(scorer.encode(arrival), dense), want)  # the two orders score apart
-        got = StateCache(s, Metrics()).get(scorer, 1)
-        np.testing.assert_allclose(scorer.score(got.state, dense), want, rtol=1e-5, atol=1e-6)
-        s.append([ev("new", 1, int(M.RAW_ITEMS[7]), 50)])  # and it advances from there
-        got = StateCache(s, Metrics()).get(scorer, 1)
-        np.testing.assert_allclose(scorer.score(got.state, dense), scorer.score(scorer.encode(s.history(1)), dense),
-                                   rtol=1e-5, atol=1e-6)
+        check_upgraded(s, scorer, arrival)
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("written", ["before_open", "after_open"])
+def test_redis_store_from_before_timestamp_order_rebuilds_its_states(written: str, redis_url: str) -> None:
+    """Keys as main 75a3438 wrote them (records in arrival order, no m:/r:) with a persisted state:
+    migrated when the store is opened, or - keys written after that (an old replica still running
+    during a rolling upgrade) - by the user's next append."""
+    import redis as redis_client
+
+    from serving.store.redis import RECORD, RedisStore
+    from tests.serving import models as M
+
+    scorer = M.ctr_scorer("dare", init_std=0.3)
+    items, arrival, blob = legacy_user(scorer)
+    prefix = f"t{uuid.uuid4().hex}:"
+    r = redis_client.Redis.from_url(redis_url)
+
+    def write_legacy() -> None:
+        recs = np.empty(4, dtype=RECORD)
+        recs["item"], recs["cat"], recs["ts"] = items, -1, LEGACY_TIMES
+        r.set(f"{prefix}h:1", recs.tobytes())
+        r.set(f"{prefix}s:1", 4)
+        r.sadd(f"{prefix}users", 1)
+        r.hset(f"{prefix}st:1:{scorer.key}", mapping={"seq": 4, "data": blob})
+
+    if written == "before_open":
+        write_legacy()
+    s = RedisStore(redis_url, max_history=10, prefix=prefix)
+    try:
+        if written == "after_open":
+            write_legacy()
+        check_upgraded(s, scorer, arrival, read_before_append=written == "before_open")
+    finally:
+        s.close()
+        r.close()
