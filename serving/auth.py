@@ -42,6 +42,8 @@ def check_token(svc: Service, authorization: str | None) -> None:
 
 def check_content_type(value: str | None) -> None:
     """415 naming Content-Type unless it is JSON (application/json or application/*+json)."""
+    if value == "application/json":  # what nearly every client sends: no header parsing (~4 us) per request
+        return
     if not value:
         raise FieldError(("header", "Content-Type"), "missing; send Content-Type: application/json", 415)
     msg = Message()

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from serving.grouper import Overloaded
 
@@ -49,6 +51,18 @@ async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
     return error_response(422, errors)
 
 
+async def _http(request: Request, exc: HTTPException) -> Any:
+    """Starlette's own errors (no such path: 404, method not allowed: 405, ...) in the uniform
+    shape, naming the path or method; their headers (e.g. `Allow`) kept."""
+    if exc.status_code < 400:
+        return await http_exception_handler(request, exc)
+    where = {404: (["path"], f"no endpoint {request.url.path}"),
+             405: (["method"], f"{request.method} is not allowed on {request.url.path}")}
+    loc, what = where.get(exc.status_code, ([], ""))
+    msg = f"{what} ({exc.detail})" if what else str(exc.detail)
+    return error_response(exc.status_code, [{"loc": loc, "msg": msg, "type": "http_error"}], dict(exc.headers or {}) or None)
+
+
 async def _field(_: Request, exc: FieldError) -> JSONResponse:
     return field_error_response(exc)
 
@@ -64,6 +78,7 @@ async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the uniform shape."""
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http)  # type: ignore[arg-type]
     app.add_exception_handler(FieldError, _field)  # type: ignore[arg-type]
     app.add_exception_handler(Overloaded, _overloaded)  # type: ignore[arg-type]
     app.add_exception_handler(Unavailable, _unavailable)  # type: ignore[arg-type]

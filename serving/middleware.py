@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-import anyio
 
 from serving.errors import error_response
 from serving.metrics import Metrics
@@ -41,6 +41,15 @@ class BodyTimeout(BodyReadError):
 
 class ClientGone(BodyReadError):
     status = CLIENT_GONE
+
+
+async def receive_within(receive: Any, seconds: float) -> dict:
+    """`await receive()`, or TimeoutError after `seconds`. `asyncio.timeout`, not anyio's cancel
+    scope: this runs for every request with a body, fast path included, and measured 13 vs 32 us
+    per call (interleaved micro-benchmark of `_guarded_receive`, loaded machine); the servers this
+    app runs under (uvicorn, Ray Serve) are asyncio."""
+    async with asyncio.timeout(seconds):
+        return await receive()
 
 
 class GuardMiddleware:
@@ -82,8 +91,7 @@ class GuardMiddleware:
             if state["done"]:
                 return await receive()
             try:
-                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
-                    msg = await receive()
+                msg = await receive_within(receive, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise BodyTimeout(f"request body not received within body_read_timeout_s={self.timeout:g}") from None
             if msg["type"] == "http.disconnect":

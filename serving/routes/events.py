@@ -38,7 +38,7 @@ async def events(req: EventsRequest, background: BackgroundTasks, svc: Annotated
         with svc.metrics.store_op("append"):
             res = await run_in_threadpool(store.append, evs)  # returns once durable
     except EventIdConflict as exc:
-        first = next(i for i, e in enumerate(evs) if e.event_id in exc.event_ids)
+        first = exc.positions[0] if exc.positions else next(i for i, e in enumerate(evs) if e.event_id in exc.event_ids)
         svc.metrics.events.labels("conflict").inc(len(exc.event_ids))
         raise FieldError(("body", "events", first, "event_id"),
                          f"event_id already stored with a different payload (user, item, timestamp, category or type): "

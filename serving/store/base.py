@@ -41,7 +41,8 @@ class Event:
 class History:
     """A user's retained events in timestamp order (oldest first); `seq` counts every event ever
     appended, so the events hold positions seq-len+1..seq of that order; `reordered_at` is the
-    seq of the user's last late event (0: none)."""
+    seq of the user's last late event (0: none; seq + 1 for a user migrated from arrival order):
+    a state computed at a seq below it is rebuilt, not advanced."""
 
     items: np.ndarray  # [L] int64 raw item ids
     categories: np.ndarray  # [L] int64 raw category ids, -1 when none
@@ -76,9 +77,12 @@ class EventIdConflict(ValueError):
     """Event ids already stored (within the idempotency window) with a different payload; the
     append stored nothing."""
 
-    def __init__(self, event_ids: list[str]) -> None:
+    def __init__(self, event_ids: list[str], positions: list[int] | None = None) -> None:
         super().__init__(f"event_id already stored with a different payload: {', '.join(event_ids)}")
         self.event_ids = event_ids
+        #: index in the append's event list of each conflicting event (the later one of an id sent
+        #: twice in one request with different payloads)
+        self.positions = positions or []
 
 
 PAYLOAD_VERSION = "v2"

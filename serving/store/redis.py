@@ -25,9 +25,40 @@ from serving.store.base import (
     payload_key,
 )
 
+SCHEMA_VERSION = b"2"  # 2: records in timestamp order, `m:` newest timestamp and `r:` reorder seq per user
 RECORD = np.dtype([("item", "<i8"), ("cat", "<i8"), ("ts", "<i8")])  # 24 bytes
 
-_APPEND = """
+# a user stored before timestamp order (records in arrival order, no `m:`): its records sorted by
+# timestamp (stable), `m:` set to the newest, `r:` to seq + 1 so every earlier state is rebuilt.
+# Returns the newest timestamp (nil for a user without records). Run by the append script for such
+# a user and, for all of them, once when a store is opened (`_migrate`).
+_MIGRATE_FN = """
+local function migrate(p, uid)
+  local h = redis.call('GET', p .. 'h:' .. uid) or ''
+  local n = #h / 24
+  if n == 0 then return nil end
+  local order = {}
+  for i = 1, n do order[i] = {struct.unpack('<i8', h, (i - 1) * 24 + 17), i} end
+  table.sort(order, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+  local parts = {}
+  for j = 1, n do local i = order[j][2]; parts[j] = string.sub(h, (i - 1) * 24 + 1, i * 24) end
+  local newest = string.format('%d', order[n][1])
+  redis.call('SET', p .. 'h:' .. uid, table.concat(parts))
+  redis.call('SET', p .. 'm:' .. uid, newest)
+  redis.call('SET', p .. 'r:' .. uid, tonumber(redis.call('GET', p .. 's:' .. uid) or '0') + 1)
+  return newest
+end
+"""
+
+_MIGRATE = _MIGRATE_FN + """
+local p = ARGV[1]; local done = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', p .. 'm:' .. ARGV[i]) == 0 and migrate(p, ARGV[i]) then done = done + 1 end
+end
+return done
+"""
+
+_APPEND = _MIGRATE_FN + """
 local p = ARGV[1]; local cap = tonumber(ARGV[2]) * 24; local n = tonumber(ARGV[3]); local ttl_ms = tonumber(ARGV[4])
 local function arg(i, k) return ARGV[5 + 5 * i + k] end  -- k: 0 id, 1 user, 2 record, 3 timestamp, 4 payload
 -- first pass: ids stored (or repeated in this request) with another payload refuse the whole request
@@ -36,7 +67,7 @@ for i = 0, n - 1 do
   local eid, key = arg(i, 0), arg(i, 4)
   local prev = seen[eid]
   if prev == nil then prev = redis.call('GET', p .. 'e:' .. eid) end
-  if prev and string.sub(prev, 1, 3) == 'v2|' and prev ~= key then conflicts[#conflicts + 1] = eid end
+  if prev and string.sub(prev, 1, 3) == 'v2|' and prev ~= key then conflicts[#conflicts + 1] = tostring(i) end
   if seen[eid] == nil then seen[eid] = prev or key end
 end
 if #conflicts > 0 then table.insert(conflicts, 1, 'conflict'); return conflicts end
@@ -48,8 +79,9 @@ for i = 0, n - 1 do
   else fresh = redis.call('SET', p .. 'e:' .. eid, key, 'NX') end
   if fresh then
     local k = p .. 'h:' .. uid
-    local seq = redis.call('INCR', p .. 's:' .. uid)
     local m = redis.call('GET', p .. 'm:' .. uid)
+    if not m then m = migrate(p, uid) end  -- nil: a new user; else one stored before timestamp order
+    local seq = redis.call('INCR', p .. 's:' .. uid)
     if m and ts < tonumber(m) then
       -- a late event: placed by its timestamp, after equal timestamps (ties keep arrival order)
       local h = redis.call('GET', k) or ''
@@ -104,6 +136,23 @@ class RedisStore(UserStore):
         self._append = self._r.register_script(_APPEND)
         self._bulk = self._r.register_script(_BULK)
         self._put_state = self._r.register_script(_PUT_STATE)
+        self._migrate_users = self._r.register_script(_MIGRATE)
+        self._migrate()
+
+    def _migrate(self, chunk: int = 500) -> None:
+        """Put users stored before timestamp order into it (see `_MIGRATE_FN`), once per store
+        (`schema` key; idempotent, so replicas starting together are safe)."""
+        if self._r.get(f"{self.prefix}schema") == SCHEMA_VERSION:
+            return
+        batch: list[bytes] = []
+        for uid in self._r.sscan_iter(f"{self.prefix}users", count=chunk):
+            batch.append(uid)
+            if len(batch) == chunk:
+                self._migrate_users(args=[self.prefix, *batch])
+                batch = []
+        if batch:
+            self._migrate_users(args=[self.prefix, *batch])
+        self._r.set(f"{self.prefix}schema", SCHEMA_VERSION)
 
     def append(self, events: list[Event]) -> AppendResult:
         result = AppendResult()
@@ -116,7 +165,8 @@ class RedisStore(UserStore):
             args += [ev.event_id, ev.user_id, rec, ev.timestamp, payload_key(ev)]
         flags = self._append(args=args)
         if flags and flags[0] == b"conflict":
-            raise EventIdConflict([f.decode() for f in flags[1:]])
+            positions = [int(f) for f in flags[1:]]
+            raise EventIdConflict([events[k].event_id for k in positions], positions)
         for ev, flag in zip(events, flags):
             (result.stored if int(flag) == 1 else result.duplicates).append(ev.event_id)
         return result

@@ -73,7 +73,7 @@ class SQLiteStore(UserStore):
         """Store new events durably; an id already stored with the same payload is a duplicate, with
         another payload the whole request is refused (EventIdConflict, nothing stored)."""
         result = AppendResult()
-        conflicts: list[str] = []
+        conflicts: list[int] = []  # positions in `events`
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -82,11 +82,14 @@ class SQLiteStore(UserStore):
                 if self.event_id_ttl_s is not None:  # ids past the idempotency window (index range scan)
                     db.execute("DELETE FROM event_ids WHERE created < ?", (now - self.event_id_ttl_s,))
                 users: dict[int, list[int | None]] = {}  # user -> [seq, reorder_seq, max_ts, kept]
-                for ev in events:
+                for pos, ev in enumerate(events):
                     key = payload_key(ev)
                     row = db.execute("SELECT payload FROM event_ids WHERE event_id=?", (ev.event_id,)).fetchone()
                     if row is not None:
-                        (conflicts if row[0] is not None and row[0] != key else result.duplicates).append(ev.event_id)
+                        if row[0] is not None and row[0] != key:
+                            conflicts.append(pos)
+                        else:
+                            result.duplicates.append(ev.event_id)
                         continue
                     db.execute("INSERT INTO event_ids VALUES (?,?,?)", (ev.event_id, now, key))
                     u = users.get(ev.user_id) or users.setdefault(ev.user_id, self._user_locked(ev.user_id))
@@ -101,7 +104,7 @@ class SQLiteStore(UserStore):
                     )
                     result.stored.append(ev.event_id)
                 if conflicts:
-                    raise EventIdConflict(conflicts)
+                    raise EventIdConflict([events[k].event_id for k in conflicts], conflicts)
                 for user, u in users.items():
                     self._evict_locked(user, u)
                     db.execute("INSERT INTO users VALUES (?,?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq, "
@@ -151,7 +154,8 @@ class SQLiteStore(UserStore):
     def _migrate(self) -> None:
         """Add the columns of stores written by older versions: event_ids.created (= now, so their
         ids keep deduplicating for one full window) and .payload (NULL: not compared); users'
-        reorder_seq (= seq: their states are rebuilt once, in timestamp order), max_ts and kept."""
+        reorder_seq, max_ts and kept. reorder_seq = seq + 1: their events were kept in arrival order,
+        so every state computed before (persisted ones included, at seq) is rebuilt, in timestamp order."""
         adds = {
             "event_ids": [("created", f"REAL NOT NULL DEFAULT {time.time():.3f}"), ("payload", "TEXT")],
             "users": [("reorder_seq", "INTEGER NOT NULL DEFAULT 0"), ("max_ts", "INTEGER"), ("kept", "INTEGER")],
@@ -166,7 +170,7 @@ class SQLiteStore(UserStore):
                         if "duplicate column" not in str(exc):
                             raise
                     if table == "users" and name == "kept":
-                        self._db.execute("UPDATE users SET reorder_seq=seq, kept=(SELECT COUNT(*) FROM events e WHERE "
+                        self._db.execute("UPDATE users SET reorder_seq=seq+1, kept=(SELECT COUNT(*) FROM events e WHERE "
                                          "e.user_id=users.user_id), max_ts=(SELECT MAX(ts) FROM events e WHERE e.user_id=users.user_id)")
 
     def _seq_locked(self, user_id: int) -> int:
@@ -185,22 +189,31 @@ class SQLiteStore(UserStore):
         return self._read(user_id, since_seq, None)
 
     def _read(self, user_id: int, since_seq: int, max_len: int | None) -> History:
-        """Retained events with seq > since_seq, the newest `max_len` of them, in timestamp order."""
+        """Retained events with seq > since_seq (a catch-up tail) or the newest `max_len` (None: all),
+        in timestamp order. Without a late event among them - the common case - arrival order is
+        time order and they are a primary-key range of seqs (read as main's store did); else the
+        time-order index gives them sorted."""
         with self._lock:
-            seq, reorder, _, _ = self._user_locked(user_id)
-            if since_seq > 0 and max_len is None:  # a catch-up tail: a primary-key range, sorted below
+            row = self._db.execute("SELECT seq, reorder_seq, kept FROM users WHERE user_id=?", (user_id,)).fetchone()
+            seq, reorder, kept = (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
+            n = kept if max_len is None else max_len  # the newest n events are wanted
+            pk_from = since_seq if since_seq > 0 else None
+            if pk_from is None and n is not None and (reorder == 0 or reorder <= seq - n):
+                pk_from = seq - int(n)  # no late event among the newest n: they are seqs seq-n+1..seq
+            if pk_from is not None:
                 rows = self._db.execute("SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY seq",
-                                        (user_id, since_seq)).fetchall()
-            else:  # the newest max_len in time order (covering index)
+                                        (user_id, pk_from)).fetchall()
+            else:
                 rows = self._db.execute(
-                    "SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY ts DESC, seq DESC LIMIT ?",
-                    (user_id, since_seq, -1 if max_len is None else max_len),
+                    "SELECT item_id, category_id, ts FROM events WHERE user_id=? ORDER BY ts DESC, seq DESC LIMIT ?",
+                    (user_id, -1 if max_len is None else max_len),
                 ).fetchall()[::-1]
         if not rows:
-            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=int(seq or 0), reordered_at=int(reorder or 0))
+            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=seq, reordered_at=reorder)
         arr = np.asarray(rows, dtype=np.int64)
-        arr = arr[np.argsort(arr[:, 2], kind="stable")]  # time order, ties by seq (a no-op for in-order rows)
-        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), int(seq or 0), int(reorder or 0))
+        if since_seq > 0 and reorder > since_seq:  # a late event in the tail: sort it (ties keep seq order)
+            arr = arr[np.argsort(arr[:, 2], kind="stable")]
+        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), seq, reorder)
 
     def has_event(self, event_id: str) -> bool:
         with self._lock:

@@ -95,8 +95,11 @@ def test_event_id_reused_with_another_payload_is_409_naming_it(client: TestClien
         r = client.post("/v1/events", json=body, headers=AUTH)
         assert r.status_code == 409, r.text
         assert "body.events.1.event_id" in r.json()["message"] and "x-1" in r.json()["message"]
+    repeat = [{"event_id": e, "user_id": 5, "item_id": i, "timestamp": 12} for e, i in (("r", K[3]), ("s", K[4]), ("r", K[5]))]
+    r = client.post("/v1/events", json={"events": repeat}, headers=AUTH)  # an id sent twice with different payloads
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "events", 2, "event_id"], r.text
     store = client.app.state.svc.store
-    assert not store.has_event("new") and store.history(6).items.tolist() == [] and store.history(5).items.tolist() == [K[0]]
+    assert not store.has_event("r") and not store.has_event("new") and store.history(6).items.tolist() == [] and store.history(5).items.tolist() == [K[0]]
 
 
 # -- 4. auth before the body ------------------------------------------------------------------------
@@ -136,6 +139,29 @@ def test_content_type_is_named(client: TestClient, headers: dict[str, str], what
         r = client.post(path, content=body, headers={**headers, **extra})
         assert r.status_code == 415, r.text
         assert "header.Content-Type" in r.json()["message"] and what in r.json()["message"]
+
+
+def test_unknown_paths_and_methods_get_the_uniform_shape(client: TestClient) -> None:
+    for method, path, status, loc, what in (("get", "/v2/score", 404, "path", "no endpoint /v2/score"),
+                                            ("get", "/v1/score", 405, "method", "GET is not allowed on /v1/score"),
+                                            ("delete", "/v1/events", 405, "method", "DELETE is not allowed")):
+        r = getattr(client, method)(path, headers=AUTH)
+        out = r.json()
+        assert r.status_code == status and set(out) == {"detail", "message"} and out["detail"][0]["loc"] == [loc], out
+        assert what in out["message"], out["message"]
+    assert client.get("/v1/score").headers["allow"] == "POST"  # the 405's Allow header is kept
+
+
+def test_content_type_check_accepts_json_and_its_variants_only() -> None:
+    from serving.auth import check_content_type
+    from serving.errors import FieldError
+
+    for ok in ("application/json", "application/json; charset=utf-8", "Application/JSON", "application/problem+json"):
+        check_content_type(ok)
+    for bad in ("text/json", "application/jsonx", "application/x-json-stream", "json", ""):
+        with pytest.raises(FieldError) as info:
+            check_content_type(bad)
+        assert info.value.status == 415 and info.value.loc == ("header", "Content-Type")
 
 
 # -- 8. small things ------------------------------------------------------------------------------

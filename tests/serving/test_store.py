@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 import uuid
 from pathlib import Path
 
@@ -188,8 +189,150 @@ def test_event_id_reused_with_another_payload_is_a_conflict(store: UserStore) ->
     for other in (ev("a", 2, 10, 5), ev("a", 1, 11, 5), ev("a", 1, 10, 6), ev("a", 1, 10, 5, cat=3)):
         with pytest.raises(EventIdConflict, match="event_id already stored with a different payload: a") as info:
             store.append([ev("n", 1, 20, 7), other])
-        assert info.value.event_ids == ["a"]
+        assert info.value.event_ids == ["a"] and info.value.positions == [1]
     assert not store.has_event("n") and store.history(1).items.tolist() == [10] and store.seq(1) == 1  # nothing stored
-    with pytest.raises(EventIdConflict):  # the same id twice in one request with different payloads
-        store.append([ev("z", 1, 30, 8), ev("z", 1, 31, 8)])
+    with pytest.raises(EventIdConflict) as info:  # the same id twice in one request with different payloads
+        store.append([ev("z", 1, 30, 8), ev("y", 1, 32, 8), ev("z", 1, 31, 8)])
+    assert info.value.event_ids == ["z"] and info.value.positions == [2]  # the later one is the conflict
     assert not store.has_event("z") and store.seq(1) == 1
+
+
+def test_reads_match_the_builds_order_through_late_events(store: UserStore) -> None:
+    """history(max_len) and history_since against a reference of the build's rule (every stored
+    event sorted by (timestamp, arrival), the newest max_history=5 kept), over mostly in-order
+    appends with late events at varying distances: covers both the read by arrival range (no late
+    event among the newest max_len) and the read in time order (a late one among them)."""
+    rng = np.random.default_rng(7)
+    for user in range(1, 5):
+        kept: list[tuple[int, int, int]] = []  # (timestamp, seq, item)
+        seq, newest_ts, reordered_at = 0, 0, 0
+        for batch in range(25):
+            events = []
+            for _ in range(int(rng.integers(1, 4))):
+                late = rng.random() < 0.15
+                ts = int(newest_ts - rng.integers(0, 40)) if late else int(newest_ts + rng.integers(0, 3))
+                seq += 1
+                if seq > 1 and ts < newest_ts:
+                    reordered_at = seq
+                newest_ts = max(newest_ts, ts)
+                item = 1000 * user + seq
+                events.append(ev(f"u{user}-{seq}", user, item, ts))
+                kept.append((ts, seq, item))
+            store.append(events)
+            kept = sorted(kept)[-5:]
+            for max_len in (None, 1, 2, 4, 5, 8):
+                h = store.history(user, max_len)
+                want = kept if max_len is None else kept[-max_len:]
+                assert h.items.tolist() == [i for _, _, i in want], (user, batch, max_len)
+                assert h.timestamps.tolist() == [t for t, _, _ in want] and (h.seq, h.reordered_at) == (seq, reordered_at)
+            for since in range(max(0, seq - 6), seq + 1):
+                t = store.history_since(user, since)
+                assert t.timestamps.tolist() == sorted(t.timestamps.tolist()) and t.seq == seq  # always in time order
+                if reordered_at <= since:  # the catch-up contract: exactly the events after `since`
+                    assert t.items.tolist() == [i for _, s, i in kept if s > since], (user, batch, since)
+
+
+
+LEGACY_TIMES = np.array([40, 10, 30, 20])  # one user's events, sent out of order before the upgrade
+
+
+def legacy_user(scorer: Any) -> tuple[np.ndarray, Any, bytes]:
+    """(raw items, the arrival-order History, the bytes of its state as the old version persisted it)."""
+    from serving.models import state_to_bytes
+    from serving.store.base import History
+    from tests.serving import models as M
+
+    items = M.RAW_ITEMS[[4, 9, 2, 30]]
+    arrival = History(items, np.full(4, -1), LEGACY_TIMES, seq=4)
+    return items, arrival, state_to_bytes(scorer.encode(arrival))
+
+
+def check_upgraded(s: UserStore, scorer: Any, arrival: Any, read_before_append: bool = True) -> None:
+    """The upgraded store reads the user in timestamp order, and the state persisted in arrival
+    order before the upgrade is rebuilt (not served, not advanced), then advanced from there."""
+    from serving.metrics import Metrics
+    from serving.state import StateCache
+    from tests.serving import models as M
+
+    dense = scorer.encode_items(M.RAW_ITEMS[:8])
+    timed = arrival.items[np.argsort(arrival.timestamps, kind="stable")]
+    assert not np.allclose(scorer.score(scorer.encode(arrival), dense),
+                           scorer.score(scorer.encode(type(arrival)(timed, arrival.categories, np.sort(arrival.timestamps))), dense))
+
+    def assert_state_matches_the_history() -> None:
+        h = s.history(1)
+        assert h.items.tolist()[:4] == timed.tolist() and h.timestamps.tolist() == sorted(h.timestamps.tolist())
+        got = StateCache(s, Metrics()).get(scorer, 1)
+        np.testing.assert_allclose(scorer.score(got.state, dense), scorer.score(scorer.encode(h), dense), rtol=1e-5, atol=1e-6)
+
+    if read_before_append:
+        assert_state_matches_the_history()
+    s.append([ev("new", 1, int(M.RAW_ITEMS[7]), 50)])
+    assert_state_matches_the_history()
+
+
+def test_sqlite_store_from_before_timestamp_order_rebuilds_its_states(tmp_path: Path) -> None:
+    """A store written by main 75a3438 (events in arrival order, no reorder_seq), with a state blob
+    persisted at the user's seq."""
+    import sqlite3
+
+    from tests.serving import models as M
+
+    scorer = M.ctr_scorer("dare", init_std=0.3)
+    items, arrival, blob = legacy_user(scorer)
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(str(path))
+    db.executescript("""
+        CREATE TABLE users (user_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+        CREATE TABLE events (user_id INTEGER NOT NULL, seq INTEGER NOT NULL, item_id INTEGER NOT NULL,
+            category_id INTEGER NOT NULL, ts INTEGER NOT NULL, event_type TEXT, event_id TEXT,
+            PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
+        CREATE TABLE event_ids (event_id TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE states (user_id INTEGER NOT NULL, model_key TEXT NOT NULL, seq INTEGER NOT NULL,
+            data BLOB NOT NULL, PRIMARY KEY (user_id, model_key)) WITHOUT ROWID;""")
+    db.executemany("INSERT INTO events VALUES (1,?,?,-1,?,NULL,?)",
+                   [(k + 1, int(i), int(t), f"e{k}") for k, (i, t) in enumerate(zip(items, LEGACY_TIMES))])
+    db.execute("INSERT INTO users VALUES (1, 4)")
+    db.execute("INSERT INTO states VALUES (1, ?, 4, ?)", (scorer.key, blob))
+    db.commit()
+    db.close()
+    s = open_store(f"sqlite:{path}", max_history=10)
+    try:
+        check_upgraded(s, scorer, arrival)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("written", ["before_open", "after_open"])
+def test_redis_store_from_before_timestamp_order_rebuilds_its_states(written: str, redis_url: str) -> None:
+    """Keys as main 75a3438 wrote them (records in arrival order, no m:/r:) with a persisted state:
+    migrated when the store is opened, or - keys written after that (an old replica still running
+    during a rolling upgrade) - by the user's next append."""
+    import redis as redis_client
+
+    from serving.store.redis import RECORD, RedisStore
+    from tests.serving import models as M
+
+    scorer = M.ctr_scorer("dare", init_std=0.3)
+    items, arrival, blob = legacy_user(scorer)
+    prefix = f"t{uuid.uuid4().hex}:"
+    r = redis_client.Redis.from_url(redis_url)
+
+    def write_legacy() -> None:
+        recs = np.empty(4, dtype=RECORD)
+        recs["item"], recs["cat"], recs["ts"] = items, -1, LEGACY_TIMES
+        r.set(f"{prefix}h:1", recs.tobytes())
+        r.set(f"{prefix}s:1", 4)
+        r.sadd(f"{prefix}users", 1)
+        r.hset(f"{prefix}st:1:{scorer.key}", mapping={"seq": 4, "data": blob})
+
+    if written == "before_open":
+        write_legacy()
+    s = RedisStore(redis_url, max_history=10, prefix=prefix)
+    try:
+        if written == "after_open":
+            write_legacy()
+        check_upgraded(s, scorer, arrival, read_before_append=written == "before_open")
+    finally:
+        s.close()
+        r.close()
