@@ -37,7 +37,6 @@ Design choices (and why):
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -48,6 +47,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from recsys.experiment import ExperimentConfig
+from recsys.tasks.base import TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class _EqualSteps:
     injection, and validation computed on rank 0 only (fit broadcasts rank 0's value; other ranks
     skip the work)."""
 
-    def __init__(self, task: Any, rank: int, world_size: int, steps: int, fail_at: dict[str, Any] | None) -> None:
+    def __init__(self, task: TrainTask, rank: int, world_size: int, steps: int, fail_at: dict[str, Any] | None) -> None:
         self.task, self.rank, self.world_size, self.steps = task, rank, world_size, steps
         self.fail_at = fail_at
         self.primary_metric = task.primary_metric
@@ -74,13 +76,8 @@ class _EqualSteps:
     def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
                       bucket_by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         self.global_step = (epoch - 1) * self.steps
-        kwargs: dict[str, Any] = {}
-        if bucket_by_length:  # train.bucket_by_length: forwarded to tasks that support it
-            if "bucket_by_length" not in inspect.signature(self.task.train_batches).parameters:
-                raise ValueError(f"train.bucket_by_length: task {type(self.task).__name__} does not support length bucketing")
-            kwargs["bucket_by_length"] = True
         n, last = 0, None
-        for batch in self.task.train_batches(epoch, batch_size, generator, **kwargs):
+        for batch in self.task.train_batches(epoch, batch_size, generator, bucket_by_length=bucket_by_length):
             if n == self.steps:
                 break
             self._maybe_fail()
@@ -110,6 +107,9 @@ class _EqualSteps:
         loss, logs = self.task.loss(getattr(model, "module", model), batch)
         self.last_loss = float(loss.detach())
         return loss, logs
+
+    def metric_names(self) -> list[str]:
+        return self.task.metric_names()
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         if self.rank != 0:
@@ -230,7 +230,7 @@ def ensure_ray(num_cpus: int | None = 2) -> None:
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
 
 
-def train_with_ray(cfg: Any, workers: int, *, resume: bool = False, use_gpu: bool = False, max_failures: int = 1,
+def train_with_ray(cfg: ExperimentConfig, workers: int, *, resume: bool = False, use_gpu: bool = False, max_failures: int = 1,
                    fail_at: dict[str, Any] | None = None, storage_path: str | Path | None = None) -> Path:
     """Run experiment `cfg` on Ray Train with `workers` workers; returns the run directory."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -23,7 +23,7 @@ validation item is part of the test input):
                 (valid: items[:-2]; test: items[:-1]) set to -inf, EXCEPT the target item itself
                 when it also occurs in the history (repeat consumption is not made unrankable).
     sampled100  the target + the user's 100 persisted negatives (eval_negatives.parquet).
-    Rank with the pessimistic tie rule (recsys/metrics.py); HR/NDCG/MRR@5/10/20.
+    Rank with the pessimistic tie rule (recsys/eval/ranking.py); HR/NDCG/MRR@5/10/20.
 Keys: "full/ndcg@10", "sampled100/hr@10", ..., plus "num_users".
 """
 
@@ -40,13 +40,11 @@ import torch
 from recsys.data import schema
 from recsys.data.sequences import JaggedSequences
 from recsys.losses import LossConfig
-from recsys.metrics import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
+from recsys.eval.protocol import NEXT_ITEM_PROTOCOLS
+from recsys.eval.ranking import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
 from recsys.tasks.base import Batch
 
-PROTOCOLS = {
-    "full": "full ranking over all items, user's history excluded, leave-one-out",
-    "sampled100": "true item + 100 persisted negatives the user never interacted with, leave-one-out",
-}
+PROTOCOLS = NEXT_ITEM_PROTOCOLS
 
 
 def _num_items(build_dir: Path) -> int:

@@ -182,8 +182,8 @@ is 1.0 on this build: its same-category behaviours are the planted ones)."""
 
 
 def test_metric_math_matches_the_project_metrics() -> None:
-    from recsys.ctr_metrics import auc, gauc
-    from recsys.metrics import ranking_metrics
+    from recsys.eval.ctr import auc, gauc
+    from recsys.eval.ranking import ranking_metrics
 
     rng = np.random.default_rng(1)
     ranks = rng.integers(0, 40, 300)
@@ -191,7 +191,7 @@ def test_metric_math_matches_the_project_metrics() -> None:
     for key, v in ref.items():
         m, k = key.split("@")
         assert rp.rank_metric_values(ranks, m, int(k)).mean() == pytest.approx(v, abs=1e-12)
-    # CTR point values and bootstrap both come from recsys.ctr_metrics (no second implementation)
+    # CTR point values and bootstrap both come from recsys.eval.ctr (no second implementation)
     users, y, s = rng.integers(0, 30, 500), rng.integers(0, 2, 500), rng.integers(0, 8, 500).astype(float)
     p = rp.CTRPredictions("test", users, np.zeros(500, dtype=np.int64), y, s)
     point = rp.ctr_metric_values(p)

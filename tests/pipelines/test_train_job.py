@@ -105,7 +105,7 @@ def test_sdim_two_workers_killed_worker_resumes_and_loss_decreases(ray_session: 
 def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> None:
     """The Ray worker's task wrapper (no Ray needed): shipped configs set train.bucket_by_length, so
     it must reach a next-item task (same batches as the task's own bucketed epoch, padded to the
-    equal step count) and be refused by name for a CTR task."""
+    equal step count), and to a CTR task alike (both tasks implement the TrainTask protocol)."""
     import torch
 
     from pipelines.train_job import _EqualSteps
@@ -120,6 +120,8 @@ def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> N
     assert torch.equal(got[-1]["seq"], want[-1]["seq"])  # the shorter shard repeats its last batch
     plain = list(task.train_batches(1, 16, torch.Generator().manual_seed(3)))
     assert any(not torch.equal(g["seq"], p["seq"]) for g, p in zip(got, plain))  # bucketing really applied
-    ctr = _EqualSteps(build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr")), 0, 1, 2, None)
-    with pytest.raises(ValueError, match="bucket_by_length"):
-        next(ctr.train_batches(1, 64, torch.Generator(), bucket_by_length=True))
+    ctr_task = build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr"))
+    ctr = _EqualSteps(ctr_task, 0, 1, 2, None)
+    got = list(ctr.train_batches(1, 8, torch.Generator().manual_seed(3), bucket_by_length=True))
+    want = list(ctr_task.train_batches(1, 8, torch.Generator().manual_seed(3), bucket_by_length=True))
+    assert len(got) == 2 and all(torch.equal(g["user_ids"], w["user_ids"]) for g, w in zip(got, want))

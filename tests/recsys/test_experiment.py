@@ -48,11 +48,33 @@ def test_config_errors_name_the_field(build: Path, tmp_path: Path) -> None:
 
 
 def test_model_task_mismatch(build: Path, tmp_path: Path) -> None:
-    from recsys.experiment import build_task
+    """A model of the other task is refused when the experiment is read, before any data is loaded."""
+    with pytest.raises(ConfigError, match="next_item model but task is 'ctr'"):
+        _cfg(build, tmp_path, task="ctr")
 
-    cfg = _cfg(build, tmp_path, task="ctr")
-    with pytest.raises(ValueError, match="next_item model but task is 'ctr'"):
-        build_task(cfg)
+
+def test_model_config_is_typed(build: Path, tmp_path: Path) -> None:
+    """`model` is the model's own pydantic config (discriminated on name), not a mapping."""
+    from recsys.models.sasrec import SASRecConfig
+
+    cfg = _cfg(build, tmp_path)
+    assert isinstance(cfg.model, SASRecConfig) and cfg.model.dim == 16 and cfg.model.name == "sasrec"
+    assert cfg.ctr is None and cfg.history_cap() == 8
+
+
+def test_ctr_section_history_cap(build: Path, tmp_path: Path) -> None:
+    """CTR experiments get a typed `ctr:` section (default cap 2000, recorded in the run's config);
+    a DARE/TWIN/DIN max_position below the cap is refused, and next-item runs take no ctr section."""
+    dare = {"name": "dare", "max_position": 500}
+    with pytest.raises(ConfigError, match="max_position.*500.*max_history 2000"):
+        _cfg(build, tmp_path, task="ctr", model=dare)
+    cfg = _cfg(build, tmp_path, task="ctr", model=dare, ctr={"max_history": 500})
+    assert cfg.ctr.max_history == 500 and cfg.history_cap() == 500
+    assert _cfg(build, tmp_path, task="ctr", model={"name": "sdim"}).ctr.max_history == 2000
+    with pytest.raises(ConfigError, match="ctr"):
+        _cfg(build, tmp_path, ctr={"max_history": 100})
+    with pytest.raises(ConfigError, match="ctr.max_history"):
+        _cfg(build, tmp_path, task="ctr", model={"name": "sdim"}, ctr={"max_history": 0})
 
 
 def test_bucketing_with_batch_mean_loss_warns(build: Path, tmp_path: Path, caplog) -> None:

@@ -29,7 +29,8 @@ class ToyTask:
     def num_train_batches(self, batch_size: int) -> int:
         return -(-len(self.x) // batch_size)
 
-    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
+                      bucket_by_length: bool = False) -> Iterator[Batch]:
         perm = torch.randperm(len(self.x), generator=generator)
         for i in range(0, len(perm), batch_size):
             idx = perm[i : i + batch_size]
@@ -42,6 +43,9 @@ class ToyTask:
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         pred = model(self.xv).squeeze(-1) > 0
         return {"acc": float((pred == self.yv.bool()).float().mean())}
+
+    def metric_names(self) -> list[str]:
+        return ["acc"]
 
 
 def make_model() -> torch.nn.Module:
