@@ -44,7 +44,7 @@ import torch
 
 from benchmarks.results import row, write_rows
 from recsys.config import config_hash, load_yaml
-from recsys.ctr_metrics import ctr_metrics
+from recsys.eval.ctr import ctr_metrics
 from recsys.data import schema
 from recsys.data.sequences import JaggedSequences
 from recsys.data.synth import CLICK_LOGIT, PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, TARGET_KIND, SynthConfig, generate, make_world

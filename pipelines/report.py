@@ -15,7 +15,7 @@ test sample with its user. `next_item_ranks` and `ctr_predictions` compute them 
 that `recsys.experiment.load_run` loads (the evaluation code writes only means); the per-user
 numbers are checked to average to the run's own eval.json (`eval_json_value` in metrics.json).
 Bootstrap: percentile intervals over users resampled with replacement (each sample weighted by
-its user's multiplicity; AUC/GAUC are `recsys.ctr_metrics.auc`/`gauc` with those weights). The
+its user's multiplicity; AUC/GAUC are `recsys.eval.ctr.auc`/`gauc` with those weights). The
 resamples are drawn BOOT_CHUNK at a time (memory O(chunk x users)); the draws are the same indices
 in the same order as one `rng.integers(0, n, (n_boot, n))` call, so the CIs do not depend on it.
 """
@@ -154,7 +154,7 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int, seed: int, chunk: int = B
 
 def bce_with_logits(logits: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Per-sample logloss of sigmoid(logit), probabilities clipped to [eps, 1-eps] as in
-    recsys.ctr_metrics.logloss."""
+    recsys.eval.ctr.logloss."""
     p = np.clip(1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64))), eps, 1.0 - eps)
     y = np.asarray(labels, dtype=np.float64)
     return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
@@ -214,7 +214,7 @@ def ctr_metric_values(p: CTRPredictions, n_boot: int | None = None, seed: int = 
                       chunk: int = BOOT_CHUNK) -> dict[str, Any]:
     """Point values [1] (n_boot None) or bootstrap samples [n_boot] of AUC, GAUC, logloss, resampling
     users: each sample is weighted by its user's multiplicity in the resample."""
-    from recsys.ctr_metrics import auc, gauc
+    from recsys.eval.ctr import auc, gauc
 
     users, inv = np.unique(p.user_ids, return_inverse=True)
     losses = bce_with_logits(p.logits, p.labels)
@@ -278,7 +278,7 @@ def by_length_rows(data: NextItemRanks | CTRPredictions, n_boot: int, seed: int)
             lo, hi = bootstrap_mean_ci(v, n_boot, seed)
             metric, value, n_users, n_samples = f"ndcg@10 ({pid})", float(v.mean()), int(sel.sum()), int(sel.sum())
         else:
-            from recsys.ctr_metrics import auc as ctr_auc
+            from recsys.eval.ctr import auc as ctr_auc
 
             sub = CTRPredictions(data.split, data.user_ids[sel], data.history_lengths[sel], data.labels[sel], data.logits[sel])
             n_users = len(np.unique(sub.user_ids))
@@ -311,13 +311,13 @@ def _eval_rows_ends(lengths: np.ndarray, split: str) -> tuple[np.ndarray, np.nda
 def next_item_ranks(model: Any, build_dir: str | Path, split: str = "test", batch_size: int = 256) -> NextItemRanks:
     """Rank of every evaluated user's held-out item under full ranking (all items, the input
     history excluded, the true item always kept) and sampled-100 (the build's persisted negatives).
-    Ties are pessimistic, as in recsys.metrics."""
+    Ties are pessimistic, as in recsys.eval.ranking."""
     import pyarrow.parquet as pq
     import torch
 
     from recsys.data import schema
     from recsys.data.sequences import JaggedSequences
-    from recsys.metrics import rank_of_target
+    from recsys.eval.ranking import rank_of_target
 
     build_dir = Path(build_dir)
     seqs = JaggedSequences.read(build_dir)
