@@ -55,7 +55,7 @@ def main() -> None:
     model = load_run(run_dir).model
     manifest = json.loads((build / "manifest.json").read_text())
     ls = manifest["length_stats"]
-    data = (f"planted synth ({relative(args.synth)}: 1000 users, lengths median {ls['median']:.0f} max {ls['max']}, "
+    data = (f"planted synth ({relative(args.synth)}: 1000 users, 4000 items, lengths median {ls['median']:.0f} max {ls['max']}, "
             f"data seed 0)")
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_skew --train-cap {args.train_cap} "
                f"--serve-caps {args.serve_caps} --epochs {args.epochs} --lr {args.lr} --seed {args.seed} --out {args.out}")
