@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "runs/planted_skew")
     p.add_argument("--train-cap", type=int, default=2000)
     p.add_argument("--serve-caps", default="2000,10000")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="ctr_skew")
@@ -55,7 +55,7 @@ def main() -> None:
     model = load_run(run_dir).model
     manifest = json.loads((build / "manifest.json").read_text())
     ls = manifest["length_stats"]
-    data = (f"planted synth ({relative(args.synth)}: 1000 users, 4000 items, lengths median {ls['median']:.0f} max {ls['max']}, "
+    data = (f"planted synth ({relative(args.synth)}: 2000 users, 4000 items, lengths median {ls['median']:.0f} max {ls['max']}, "
             f"data seed 0)")
     command = (f"OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_skew --train-cap {args.train_cap} "
                f"--serve-caps {args.serve_caps} --epochs {args.epochs} --lr {args.lr} --seed {args.seed} --out {args.out}")

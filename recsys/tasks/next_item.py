@@ -245,47 +245,83 @@ class NextItemTask:
         return rows
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
-                 ) -> dict[str, float]:
-        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test"."""
-        was_training = model.training
-        model.eval()
+    def batch_ranks(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+                    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(sequence rows, {protocol: 0-based rank of the target [B]}) per evaluation batch of
+        `split` (module doc: the candidates of each protocol; ties pessimistic, recsys/eval/ranking.py).
+        The model must be in eval mode."""
         rows_all = self._rows_for(split)
         if rows_all.size == 0:
             raise ValueError(f"no users with >= 3 items in {self.build_dir}: nothing to evaluate")
         device = next(model.parameters()).device
         items_emb = model.item_embeddings()  # [N+1,d]
         negatives = self.eval_negatives() if "sampled100" in protocols else None
-        lengths = self.seqs.lengths
         shift = 2 if split == "valid" else 1  # target = items[-shift]
-        sums: dict[str, dict[str, float]] = {p: {} for p in protocols}
         for i in range(0, rows_all.size, self.eval_batch_size):
             rows = rows_all[i : i + self.eval_batch_size]
-            hist_len = lengths[rows] - shift  # [B] history = items[:hist_len]
+            hist_len = self.seqs.lengths[rows] - shift  # [B] history = items[:hist_len]
             target = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + hist_len]).to(device)  # [B]
             seq = torch.from_numpy(self.seqs.windows(rows, hist_len, self.max_len)).to(device)
             user = model.user_embedding(seq)  # [B,d]
+            out: dict[str, torch.Tensor] = {}
             if "full" in protocols:
-                scores = user @ items_emb.T  # [B,N+1]
-                scores[:, 0] = -torch.inf
-                b = np.repeat(np.arange(rows.size), hist_len)
-                flat = np.repeat(self.seqs.offsets[rows], hist_len) + (
-                    np.arange(hist_len.sum()) - np.repeat(np.cumsum(hist_len) - hist_len, hist_len))
-                hist_items = torch.from_numpy(self.seqs.items[flat]).to(device)
-                b_t = torch.from_numpy(b).to(device)
-                keep = hist_items != target[b_t]
-                scores[b_t[keep], hist_items[keep]] = -torch.inf
-                accumulate(sums["full"], metric_sums(rank_of_target(scores, target), self.ks))
+                out["full"] = rank_of_target(self._full_scores(user, items_emb, rows, hist_len, target), target)
             if negatives is not None:
                 neg = torch.from_numpy(negatives[rows]).to(device)  # [B,100]
                 cand = torch.cat([target[:, None], neg.clamp_min(0)], dim=1)  # [B,101]
                 s = torch.einsum("bd,bcd->bc", user, items_emb[cand])
                 s = s.masked_fill(torch.cat([torch.zeros_like(target[:, None], dtype=torch.bool), neg < 0], 1),
                                   -torch.inf)
-                accumulate(sums["sampled100"],
-                           metric_sums(rank_of_target(s, torch.zeros_like(target)), self.ks))
-        model.train(was_training)
-        out: dict[str, float] = {"num_users": float(rows_all.size)}
+                out["sampled100"] = rank_of_target(s, torch.zeros_like(target))
+            yield rows, out
+
+    def _full_scores(self, user: torch.Tensor, items_emb: torch.Tensor, rows: np.ndarray, hist_len: np.ndarray,
+                     target: torch.Tensor) -> torch.Tensor:
+        """[B,N+1] scores over all items; padding and the history (but not the target) at -inf."""
+        device = user.device
+        scores = user @ items_emb.T  # [B,N+1]
+        scores[:, 0] = -torch.inf
+        b = np.repeat(np.arange(rows.size), hist_len)
+        flat = np.repeat(self.seqs.offsets[rows], hist_len) + (
+            np.arange(hist_len.sum()) - np.repeat(np.cumsum(hist_len) - hist_len, hist_len))
+        hist_items = torch.from_numpy(self.seqs.items[flat]).to(device)
+        b_t = torch.from_numpy(b).to(device)
+        keep = hist_items != target[b_t]
+        scores[b_t[keep], hist_items[keep]] = -torch.inf
+        return scores
+
+    def ranks(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every evaluated user's rank per protocol: (sequence rows [U], {protocol: ranks [U]}) (the
+        per-user values the report bootstraps)."""
+        was_training = model.training
+        model.eval()
+        rows, ranks = [], {p: [] for p in protocols}
+        try:
+            for r, out in self.batch_ranks(model, split, protocols):
+                rows.append(r)
+                for p, v in out.items():
+                    ranks[p].append(v.cpu().numpy())
+        finally:
+            model.train(was_training)
+        return np.concatenate(rows), {p: np.concatenate(v).astype(np.int64) for p, v in ranks.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+                 ) -> dict[str, float]:
+        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test"."""
+        was_training = model.training
+        model.eval()
+        sums: dict[str, dict[str, float]] = {p: {} for p in protocols}
+        n_users = 0
+        try:
+            for rows, out in self.batch_ranks(model, split, protocols):
+                n_users += rows.size
+                for proto, r in out.items():
+                    accumulate(sums[proto], metric_sums(r, self.ks))
+        finally:
+            model.train(was_training)
+        result: dict[str, float] = {"num_users": float(n_users)}
         for proto, s in sums.items():
-            out.update({f"{proto}/{k}": v for k, v in finalize(s, int(rows_all.size)).items()})
-        return out
+            result.update({f"{proto}/{k}": v for k, v in finalize(s, n_users).items()})
+        return result
