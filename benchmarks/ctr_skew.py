@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--runs", type=Path, default=ROOT / "runs/planted_skew")
     p.add_argument("--train-cap", type=int, default=2000)
     p.add_argument("--serve-caps", default="2000,10000")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="ctr_skew")
