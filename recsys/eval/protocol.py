@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from recsys.tasks.base import TrainTask
+
+class Evaluable(Protocol):
+    """What evaluation needs of a task (recsys/tasks/base.py TrainTask has it; declared here so the
+    evaluation core does not import the tasks, which import it)."""
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]: ...
 
 #: the next-item protocols (recsys/tasks/next_item.py builds their candidates)
 NEXT_ITEM_PROTOCOLS = {
@@ -45,7 +50,7 @@ def dataset_name(build_dir: str | Path) -> str:
     return build_dir.parent.name if build_dir.name == "build" else build_dir.name
 
 
-def protocols_of(task: TrainTask) -> dict[str, str]:
+def protocols_of(task: Evaluable) -> dict[str, str]:
     """Protocol name -> description for the metrics `task.evaluate` returns."""
     max_history = getattr(task, "max_history", None)
     if max_history is not None:
@@ -53,7 +58,7 @@ def protocols_of(task: TrainTask) -> dict[str, str]:
     return dict(NEXT_ITEM_PROTOCOLS)
 
 
-def evaluate_splits(task: TrainTask, model: torch.nn.Module, *, build_dir: str | Path, task_name: str,
+def evaluate_splits(task: Evaluable, model: torch.nn.Module, *, build_dir: str | Path, task_name: str,
                     model_name: str, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Metrics of `model` on `splits` (eval mode, no grad) with their protocols and dataset."""
     out: dict[str, Any] = {"dataset": dataset_name(build_dir), "build_dir": str(build_dir), "task": task_name,

@@ -1,5 +1,5 @@
 """Next-item task (SASRec, MQSA-TED) on a build directory: vectorised batches with on-the-fly
-negatives, and full-ranking / sampled-100 evaluation (ALGORITHMS.md §1.3-1.4, DESIGN.md).
+negatives, and full-ranking / sampled-100 evaluation (docs/DATA.md "Evaluation protocols").
 
 Split (leave-one-out by position, recsys/data/schema.py): for a user with >= 3 items,
 items[:-2] is train, items[-2] validation, items[-1] test; a user with fewer items keeps all of

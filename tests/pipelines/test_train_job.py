@@ -87,11 +87,12 @@ def test_sdim_two_workers_killed_worker_resumes_and_loss_decreases(ray_session: 
     (loss decreases) and survives rank 1 dying mid-run (Ray Train restarts the worker group and it
     continues from the last reported checkpoint)."""
     from pipelines.train_job import train_with_ray
+    from tests.pipelines.failure import ExitOnce
 
     marker = tmp_path / "killed.json"
     cfg = _cfg(build, tmp_path / "runs", "sdim_killed", SDIM, 64, 3, "ctr")
     # 64 users x 8 train targets / 2 ranks / batch 64 -> 4 steps per epoch: step 5 is in epoch 2
-    run = train_with_ray(cfg, workers=2, max_failures=1, fail_at={"rank": 1, "step": 5, "marker": str(marker)})
+    run = train_with_ray(cfg, workers=2, max_failures=1, step_hook=ExitOnce(1, 5, str(marker)))
     assert json.loads(marker.read_text())["step"] == 5  # the worker really died once
     restores = [json.loads(x) for x in (run / "ray_restores.jsonl").read_text().splitlines()]
     assert restores and restores[0]["epoch"] == 1  # restarted from the epoch-1 checkpoint, not from scratch
