@@ -151,7 +151,7 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
     return task
 
 
-def _num_categories(build_dir: Path) -> int:
+def num_categories(build_dir: Path) -> int:
     from recsys.data import schema
 
     path = build_dir / schema.VOCAB_DIR / schema.CATEGORIES_VOCAB
@@ -170,7 +170,7 @@ def build_model(cfg: ExperimentConfig, task: TrainTask | None = None) -> torch.n
 
     build_dir = Path(cfg.data.build_dir)
     mcfg = cfg.model
-    model = registry_build(mcfg, num_items=_num_items(build_dir), num_categories=_num_categories(build_dir))
+    model = registry_build(mcfg, num_items=_num_items(build_dir), num_categories=num_categories(build_dir))
     if task is not None and hasattr(model, "attach_teacher"):
         from recsys.models.transitions import TransitionGraph
 
