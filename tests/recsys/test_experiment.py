@@ -57,9 +57,13 @@ def test_model_config_is_typed(build: Path, tmp_path: Path) -> None:
     """`model` is the model's own pydantic config (discriminated on name), not a mapping."""
     from recsys.models.sasrec import SASRecConfig
 
+    from recsys.experiment import build_task
+    from recsys.tasks.base import TrainTask
+
     cfg = _cfg(build, tmp_path)
     assert isinstance(cfg.model, SASRecConfig) and cfg.model.dim == 16 and cfg.model.name == "sasrec"
     assert cfg.ctr is None and cfg.history_cap() == 8
+    assert isinstance(build_task(cfg), TrainTask)
 
 
 def test_ctr_section_history_cap(build: Path, tmp_path: Path) -> None:
@@ -157,8 +161,12 @@ def test_build_task_shards_ctr_train_samples_by_rank(tmp_path: Path) -> None:
     build = tmp_path / "synth"
     assert main(["data", "synth", "--users", "24", "--max-len", "160", "--min-len", "120", "--median-len", "130",
                  "--seed", "0", "--output", str(build)]) == 0
-    cfg = _cfg(build, tmp_path, task="ctr", model={"name": "din", "item_dim": 4, "cat_dim": 4})
+    from recsys.tasks.base import TrainTask
+
+    cfg = _cfg(build, tmp_path, task="ctr", model={"name": "din", "item_dim": 4, "cat_dim": 4},
+               ctr={"max_history": 100})
     full = build_task(cfg)
+    assert isinstance(full, TrainTask) and full.max_history == 100  # the ctr section reaches the task
     shards = [build_task(cfg, rank=r, world_size=3) for r in range(3)]
     got = np.sort(np.concatenate([t.train.index for t in shards]))
     assert np.array_equal(got, np.sort(full.train.index)) and len(full.train) > 3
