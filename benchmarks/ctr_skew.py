@@ -7,7 +7,9 @@ model's max_position (2,000), so every older behaviour shares one position embed
 Data: configs/synth/planted_skew.yaml (planted long histories, median 3,000, up to 10,000; see
 docs/SYNTH.md). Training: `recsys.experiment.run_experiment` (the product's `fit`), best weights by
 validation AUC at the training cap. Rows: test AUC / GAUC / logloss at each serving cap, and the AUC
-change 10k - 2k (reference = AUC at 2k).
+change 10k - 2k (reference = AUC at 2k) with a 95% paired bootstrap interval over users (the same
+resampled users score both caps; recsys/eval/bootstrap.py). A finished run with the same config is
+reused (its run directory is named by the training settings).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.ctr_skew
 """
@@ -24,8 +26,27 @@ import torch
 
 from benchmarks.common import ROOT, ensure_synth, relative
 from benchmarks.results import row, write_rows
-from recsys.experiment import load_run, parse_experiment, run_experiment
+from recsys.config import load_yaml
+from recsys.eval.bootstrap import ctr_bootstrap, percentile_ci
+from recsys.eval.ctr import ctr_metrics
+from recsys.experiment import ExperimentConfig, load_run, parse_experiment, run_experiment
 from recsys.tasks.ctr import CTRTask
+
+N_BOOT = 1000
+
+
+def finished(cfg: ExperimentConfig) -> bool:
+    """A run directory of exactly this config with its final evaluation written."""
+    path = cfg.run_dir / "config.yaml"
+    return (cfg.run_dir / "eval.json").is_file() and path.is_file() and load_yaml(path, ExperimentConfig) == cfg
+
+
+def auc_change_ci(users: np.ndarray, labels: np.ndarray, lo: np.ndarray, hi: np.ndarray, seed: int = 0
+                  ) -> tuple[float, float]:
+    """95% paired bootstrap interval of AUC(hi) - AUC(lo): the same user resamples score both."""
+    a = ctr_bootstrap(users, labels, lo, N_BOOT, seed)["auc"]
+    b = ctr_bootstrap(users, labels, hi, N_BOOT, seed)["auc"]
+    return percentile_ci(b - a)
 
 
 def main() -> None:
@@ -44,14 +65,14 @@ def main() -> None:
     torch.set_num_threads(1)
     build = ensure_synth(args.synth, args.build)
     cfg = parse_experiment({
-        "name": f"dare_cap{args.train_cap}_seed{args.seed}", "task": "ctr", "data": {"build_dir": str(build)},
+        "name": f"dare_cap{args.train_cap}_ep{args.epochs}_lr{args.lr}_seed{args.seed}", "task": "ctr", "data": {"build_dir": str(build)},
         "model": {"name": "dare", "top_k": 20, "use_aux_loss": True, "max_position": args.train_cap},
         "ctr": {"max_history": args.train_cap},
         "train": {"epochs": args.epochs, "batch_size": 256, "lr": args.lr, "betas": [0.9, 0.999],
                   "bucket_by_length": True},
         "output_dir": str(args.runs), "seed": args.seed,
     }, source="ctr_skew")
-    run_dir = cfg.run_dir if (cfg.run_dir / "eval.json").is_file() else run_experiment(cfg)
+    run_dir = cfg.run_dir if finished(cfg) else run_experiment(cfg)
     model = load_run(run_dir).model
     manifest = json.loads((build / "manifest.json").read_text())
     ls = manifest["length_stats"]
@@ -61,12 +82,13 @@ def main() -> None:
                f"--serve-caps {args.serve_caps} --epochs {args.epochs} --lr {args.lr} --seed {args.seed} --out {args.out}")
     trained = (f"DARE (top-20, aux loss, max_position {args.train_cap}) trained by fit on histories <= {args.train_cap}: "
                f"Adam lr {args.lr}, {args.epochs} epochs, batch 256, length-bucketed, best-valid-AUC epoch, seed {args.seed}")
-    rows, auc = [], {}
+    rows, auc, logits = [], {}, {}
     for cap in (int(x) for x in args.serve_caps.split(",")):
         task = CTRTask(build, max_history=cap, eval_batch_size=128)
         test = task.splits["test"]
         longer = float(np.mean(test.prefix > args.train_cap))
-        metrics = task.evaluate(model, "test")
+        logits[cap] = task.predict(model, "test")
+        metrics = ctr_metrics(test.user_ids, test.labels, logits[cap])
         auc[cap] = metrics["auc"]
         for metric in ("auc", "gauc", "logloss"):
             rows.append(row(name="ctr_skew", model="dare", dataset=data, metric=f"test/{metric}@serve{cap}",
@@ -77,10 +99,13 @@ def main() -> None:
     caps = sorted(auc)
     if len(caps) == 2:
         lo, hi = caps
+        ci = auc_change_ci(test.user_ids, test.labels, logits[lo], logits[hi], args.seed)
         rows.append(row(name="ctr_skew", model="dare", dataset=data, metric=f"test/auc_change_serve{hi}_vs_{lo}",
                         value=auc[hi] - auc[lo], reference=auc[lo], ratio=auc[hi] / auc[lo], seed=args.seed,
                         command=command, protocol=f"AUC(histories <= {hi}) - AUC(histories <= {lo}) on the same test "
-                                                  f"impressions and weights; reference = AUC at {lo}; {trained}"))
+                                                  f"impressions and weights, 95% paired bootstrap CI over users "
+                                                  f"[{ci[0]:.4f}, {ci[1]:.4f}] ({N_BOOT} resamples); reference = AUC "
+                                                  f"at {lo}; {trained}"))
     write_rows(args.out, rows)
     print(json.dumps(auc))
 
