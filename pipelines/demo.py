@@ -47,11 +47,11 @@ class DemoConfig(StrictModel):
     report: bool = True
 
 
-def format_table(result: dict[str, Any], dataset: str | None = None) -> str:
+def format_table(result: dict[str, Any]) -> str:
     """One line per (split, protocol): every metric, with the protocol and dataset named (both as
     eval.json records them, recsys/eval/protocol.py)."""
     protocols = result.get("protocols", {})
-    dataset = dataset or str(result.get("dataset", "?"))
+    dataset = str(result.get("dataset", "?"))
     rows: dict[tuple[str, str], list[str]] = {}
     for key, value in sorted(result.items()):
         parts = key.split("/")

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from pipelines.report.rundir import RunSummary
-from recsys.eval.bootstrap import CTR_METRICS, bootstrap_mean_ci, bootstrap_means, ctr_bootstrap, percentile_ci
+from recsys.eval.bootstrap import (
+    BOOT_CHUNK,
+    CTR_METRICS,
+    bootstrap_mean_ci,
+    bootstrap_means,
+    ctr_bootstrap,
+    percentile_ci,
+)
 from recsys.eval.ctr import auc as ctr_auc
 from recsys.eval.planted import has_planted_truth, planted_retrieval
 from recsys.eval.protocol import NEXT_ITEM_PROTOCOLS
@@ -71,7 +78,8 @@ class CTRPredictions:
             raise ValueError(f"labels: must be 0/1, found {np.unique(self.labels[bad])[:5].tolist()}")
 
 
-def ctr_metric_values(p: CTRPredictions, n_boot: int | None = None, seed: int = 0, chunk: int = 50) -> dict[str, Any]:
+def ctr_metric_values(p: CTRPredictions, n_boot: int | None = None, seed: int = 0, chunk: int = BOOT_CHUNK
+                      ) -> dict[str, Any]:
     """Point values (n_boot None) or bootstrap samples of AUC, GAUC, logloss (recsys/eval/bootstrap.py)."""
     return ctr_bootstrap(p.user_ids, p.labels, p.logits, n_boot, seed, chunk)
 
