@@ -1,4 +1,4 @@
-"""SASRec's causal self-attention block (ALGORITHMS.md §1.2), reused by MQSA-TED (§2.3).
+"""SASRec's causal self-attention block (docs/MODELS.md, SASRec), reused by MQSA-TED.
 
 Two layer-norm placements:
 - "query_only" (official kang205 TF code, pmixer <= 9f6a02b, MQSA-TED's code): only the query is

@@ -1,4 +1,4 @@
-"""MQSA's long-query (L-query) block (ALGORITHMS.md §2.3): the same block as SASRec's, but the
+"""MQSA's long-query (L-query) block (docs/MODELS.md, MQSA-TED): the same block as SASRec's, but the
 query at step t is the causal window mean of the last L items of the block's input (the current
 item and the L-1 before it), with padded slots excluded from the count."""
 

@@ -35,23 +35,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks.common import ROOT, ensure_synth, median_seconds, relative
 from benchmarks.results import row, write_rows
 from recsys.config import config_hash, load_yaml
-from recsys.ctr_metrics import ctr_metrics
 from recsys.data import layout, schema
+from recsys.eval.ctr import ctr_metrics
+from recsys.eval.planted import planted_retrieval
 from recsys.data.sequences import JaggedSequences
-from recsys.data.synth import CLICK_LOGIT, PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, TARGET_KIND, SynthConfig, generate, make_world
+from recsys.data.synth import CLICK_LOGIT, PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, TARGET_KIND, SynthConfig, make_world
 from recsys.models.registry import build_model, parse_model_config
 from recsys.tasks.ctr import CTRTask
-
-ROOT = Path(__file__).resolve().parents[1]
+from recsys.train import TrainConfig, fit
 MODELS = {
     "din_recent50": {"name": "din", "max_recent": 50},
     "twin": {"name": "twin", "top_k": 20, "use_aux_loss": True},
@@ -78,56 +80,56 @@ def sdim_spec(tau: int, hashes: int = 48, target_products: bool = False) -> dict
     return spec | ({"target_products": True} if target_products else {})
 
 
+class SeededEpochs:
+    """The CTR task with this benchmark's batch order: epoch e's batches come from the generator
+    seeded `seed * 1000 + e` (not the loop's running generator), so the order depends only on seed and
+    epoch and every model sees the same batches. Everything else is the task's."""
+
+    def __init__(self, task: CTRTask, seed: int) -> None:
+        self.task, self.seed = task, seed
+        self.primary_metric = task.primary_metric
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return self.task.num_train_batches(batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
+                      bucket_by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        own = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        return self.task.train_batches(epoch, batch_size, own, bucket_by_length=bucket_by_length)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(model, batch)
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        return self.task.evaluate(model, split)
+
+    def metric_names(self) -> list[str]:
+        return self.task.metric_names()
+
+
 def train_and_eval(task: CTRTask, spec: dict, num_cats: int, args: argparse.Namespace, seed: int,
                    lr: float | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train `spec` for args.epochs (Adam, lr or args.lr), keep the best-validation-AUC epoch, test it."""
+    """Train `spec` with the product's loop (`recsys.train.fit`: Adam, lr or args.lr, args.epochs
+    epochs, validation AUC every epoch), keep the best-validation-AUC epoch, test it."""
     torch.manual_seed(seed)
     model = build_model(parse_model_config(spec), task.num_items, num_cats)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr if lr is None else lr)
-    best, best_state, curve = -1.0, None, []
-    t0 = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        for batch in task.train_batches(epoch, args.batch_size, gen):
-            loss, _ = task.loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        valid = task.evaluate(model, "valid")
-        curve.append(round(valid["auc"], 4))
-        if valid["auc"] > best:
-            best, best_state = valid["auc"], {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
+    # torch's default Adam (not the fused kernels): the committed rows were trained with it, and the
+    # two round differently, so only this reproduces them bitwise
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr if lr is None else lr,
+                      betas=(0.9, 0.999), fused_optimizer=False, seed=seed, bucket_by_length=True, log_every=10**9)
+    with tempfile.TemporaryDirectory(prefix="ctr_planted_") as run_dir:
+        result = fit(model, SeededEpochs(task, seed), cfg, run_dir, resume=False)
     test = task.evaluate(model, "test")
-    test.update(valid_auc=best, valid_curve=curve, train_seconds=time.perf_counter() - t0)
+    curve = [round(r["valid/auc"], 4) for r in result.history]
+    test.update(valid_auc=result.best_metric, valid_curve=curve, train_seconds=result.seconds)
     return model, test
 
 
-@torch.no_grad()
 def retrieval_ndcg(task: CTRTask, model: torch.nn.Module, build: Path, k: int = 20) -> tuple[float, int]:
-    """Mean NDCG@k of the model's top-k search against the planted relevant positions (test targets
-    with >= 1 relevant position inside the history window)."""
-    truth = pq.read_table(build / PLANTED_TRUTH_FILE)[RELEVANT_POSITIONS].to_pylist()
-    s = task.splits["test"]
-    model.eval()
-    total, n = 0.0, 0
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    for sel, batch in task.eval_batches("test"):
-        paths = model.paths(batch)
-        idx, sc = paths["indices"][:, 0].numpy(), paths["scores"][:, 0].numpy()  # [B,k]
-        order = np.argsort(-np.where(idx >= 0, sc, -np.inf), axis=1, kind="stable")
-        idx = np.take_along_axis(idx, order, axis=1)
-        for b, i in enumerate(sel):
-            start = max(int(s.prefix[i]) - task.max_history, 0)
-            rel = np.asarray(truth[s.index[i]], dtype=np.int64) - start
-            rel = rel[rel >= 0]
-            if len(rel) == 0:
-                continue
-            hit = np.isin(idx[b], rel) & (idx[b] >= 0)
-            total += float((hit * disc[: len(hit)]).sum() / disc[: min(k, len(rel))].sum())
-            n += 1
-    return total / max(n, 1), n
+    """Mean NDCG@k of the model's top-k search against the planted relevant positions
+    (recsys/eval/planted.py: test targets with >= 1 relevant position inside the history window)."""
+    res = planted_retrieval(task, model, build, "test", k)
+    return res.ndcg, res.num_targets
 
 
 def oracle_metrics(build: Path, cfg: SynthConfig, split: str = "test") -> dict[str, dict[str, float]]:
@@ -168,16 +170,14 @@ def step_time(spec: dict, num_items: int, num_cats: int, length: int, batch: int
          "hist_items": items, "hist_cats": (items - 1) % num_cats + 1, "hist_lengths": torch.full((batch,), length),
          "labels": torch.randint(0, 2, (batch,), generator=g).float()}
     b["target_cats"] = (b["target_items"] - 1) % num_cats + 1
-    times = []
-    for i in range(steps + 1):
-        t = time.perf_counter()
+
+    def one_step() -> None:
         loss, _ = model.training_loss(b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:  # first step is warm-up
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
+
+    return median_seconds(one_step, steps, warmup=1)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -225,15 +225,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     cfg = load_yaml(args.synth, SynthConfig)
-    manifest_path = args.build / "manifest.json"
-    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if old.get("config") != cfg.model_dump(mode="json") or "layout" not in old:
-        generate(cfg, args.build)  # (re)generate when absent, from another config or in the old layout
-    manifest = json.loads(manifest_path.read_text())
-    task = CTRTask(args.build, max_history=2000, eval_batch_size=256, bucket_batches=8)
+    ensure_synth(args.synth, args.build)  # (re)generate when absent or built from another config
+    manifest = json.loads((args.build / "manifest.json").read_text())
+    task = CTRTask(args.build, max_history=2000, eval_batch_size=256, bucket_pool=8)
     num_cats = cfg.num_categories
     ls, ns = manifest["length_stats"], manifest["counts"]["samples"]
-    data = (f"planted synth ({args.synth.relative_to(ROOT) if args.synth.is_relative_to(ROOT) else args.synth}: "
+    data = (f"planted synth ({relative(args.synth)}: "
             f"{cfg.num_users} users, {cfg.num_items} items, lengths median {ls['median']:.0f} max {ls['max']}, "
             f"{ns['train']}/{ns['valid']}/{ns['test']} train/valid/test samples, data seed {cfg.seed})")
     seeds = [int(x) for x in args.seeds.split(",")]

@@ -22,19 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.ctr_planted import MODELS as PLANTED_MODELS
 from benchmarks.ctr_planted import SDIM_REFERENCES, train_and_eval
+from benchmarks.common import ROOT, ensure_dataset_build
 from benchmarks.results import RESULTS_DIR, row, write_rows
-from recsys.experiment import _num_categories
+from recsys.experiment import num_categories
 from recsys.tasks.ctr import CTRTask
 
-ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"taobao-sample": "runs/taobao-sample/build", "movielens-small": "runs/movielens-small/build"}
 MODELS = dict(PLANTED_MODELS)  # the same model settings as the planted benchmark
 GAP = "test_auc_gap_vs_{}"
@@ -61,11 +59,7 @@ def gap_rows(rows: list[dict]) -> list[dict]:
 
 
 def ensure_build(name: str) -> Path:
-    build = ROOT / DATASETS[name]
-    if not (build / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "pipelines.build", str(ROOT / f"configs/data/{name}.yaml"),
-                        "--engine", "polars", "--output", str(build)], check=True, cwd=ROOT)
-    return build
+    return ensure_dataset_build(name, ROOT / DATASETS[name])
 
 
 def main() -> None:
@@ -95,12 +89,12 @@ def main() -> None:
                 if (r["dataset"], r["model"]) not in rerun and not r["metric"].startswith(GAP.format(""))]
     for ds in args.datasets.split(","):
         build = ensure_build(ds)
-        task = CTRTask(build, max_history=args.max_history, eval_batch_size=512, bucket_batches=8)
+        task = CTRTask(build, max_history=args.max_history, eval_batch_size=512, bucket_pool=8)
         n_train = len(task.train)
         if 0 < args.max_train < n_train:
             sel = np.sort(np.random.default_rng(0).choice(n_train, args.max_train, replace=False))
             task.train = task.train.take(sel)
-        cats = _num_categories(build)
+        cats = num_categories(build)
         proto = (f"{'DARE protocol, 2 popularity negatives/positive' if ds == 'taobao-sample' else 'click = rating >= 4'}; "
                  f"test split; histories <= {args.max_history}; train {len(task.train)}/{n_train} samples; "
                  f"Adam lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}, best-valid-AUC epoch; "

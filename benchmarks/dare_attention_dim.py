@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from benchmarks.common import ROOT, ensure_synth, median_seconds
 from benchmarks.ctr_planted import train_and_eval
 from benchmarks.results import row, write_rows
 from recsys.config import load_yaml
-from recsys.data.synth import SynthConfig, generate
+from recsys.data.synth import SynthConfig
 from recsys.tasks.ctr import CTRTask
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def search_seconds(dim: int, b: int, c: int, length: int, k: int, reps: int) -> float:
@@ -36,13 +34,7 @@ def search_seconds(dim: int, b: int, c: int, length: int, k: int, reps: int) -> 
     q = torch.randn(b, c, dim, generator=g)
     keys = torch.randn(b, length, dim, generator=g)
     lengths = torch.full((b,), length)
-    ops.topk_target_search(q, keys, lengths, k)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        ops.topk_target_search(q, keys, lengths, k)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return median_seconds(lambda: ops.topk_target_search(q, keys, lengths, k), reps, warmup=1)
 
 
 def main() -> None:
@@ -79,9 +71,8 @@ def main() -> None:
                                  f"K={k}, width 3x{d}; median of {args.reps}; reference = first dim"))
     if not args.skip_auc:
         cfg = load_yaml(args.synth, SynthConfig)
-        if not (args.build / "manifest.json").is_file():
-            generate(cfg, args.build)
-        task = CTRTask(args.build, max_history=args.max_history, eval_batch_size=256, bucket_batches=8)
+        ensure_synth(args.synth, args.build)
+        task = CTRTask(args.build, max_history=args.max_history, eval_batch_size=256, bucket_pool=8)
         for d in dims:
             spec = {"name": "dare", "item_dim": args.rep_dim, "cat_dim": args.rep_dim, "pos_dim": args.rep_dim,
                     "attention_item_dim": d, "attention_cat_dim": d, "attention_pos_dim": d, "top_k": 20,

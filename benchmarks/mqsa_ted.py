@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import subprocess
 import sys
 
 import numpy as np
 import torch
 
-from benchmarks.train_speed import REPO
+from benchmarks.common import ROOT as REPO
+from benchmarks.common import ensure_dataset_build
 
 METRICS = [f"{m}@{k}" for k in (5, 10, 20) for m in ("hr", "ndcg")]
 MODELS = ("sasrec", "mqsa_ted")
@@ -44,11 +44,7 @@ TARGET_RATIO = 1.05
 
 
 def ensure_build(name: str) -> str:
-    build = REPO / "runs" / name / "build"
-    if not (build / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "recsys.cli", "data", "build", str(REPO / f"configs/data/{name}.yaml"),
-                        "--engine", "polars", "--output", str(build)], check=True, cwd=REPO)
-    return str(build)
+    return str(ensure_dataset_build(name))
 
 
 def malloc_no_mmap() -> bool:

@@ -1,4 +1,4 @@
-"""Benchmark result rows, as DESIGN.md specifies: every benchmark writes
+"""Benchmark result rows, as docs/ARCHITECTURE.md "Benchmarks" says: every benchmark writes
 benchmarks/results/<name>.json (a list of rows) and `python -m benchmarks.results` regenerates
 the Markdown table in benchmarks/README.md from all of them."""
 
@@ -56,7 +56,7 @@ def git_commit() -> str | None:
 
 
 def row(**fields: Any) -> dict[str, Any]:
-    """One result row with every DESIGN.md field (None where it does not apply)."""
+    """One result row with every field of FIELDS (None where it does not apply)."""
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown result fields: {sorted(unknown)}")

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.train_speed import REPO, ensure_games_build
+from benchmarks.common import ROOT as REPO
+from benchmarks.train_speed import ensure_games_build
 
 BAR_NDCG, BAR_HR = 0.536, 0.741
 

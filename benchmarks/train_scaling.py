@@ -19,18 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import ROOT, ensure_build
 from benchmarks.results import device_name, row, write_rows
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def ensure_build(config: Path, out: Path) -> Path:
-    if not (out / "manifest.json").is_file():
-        from recsys.cli import main as cli
-
-        if cli(["data", "build", str(config), "--engine", "polars", "--output", str(out)]) != 0:
-            raise SystemExit("data build failed")
-    return out
 
 
 def throughput(run_dir: Path, workers: int) -> dict[str, float]:

@@ -17,7 +17,6 @@ runs per step.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,15 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT as REPO
+from benchmarks.common import ensure_dataset_build
+
 GAMES_BUILD = REPO / "runs" / "games" / "build"
 
 
 def ensure_games_build() -> Path:
-    if not (GAMES_BUILD / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "recsys.cli", "data", "build", str(REPO / "configs/data/games.yaml"),
-                        "--engine", "polars", "--output", str(GAMES_BUILD)], check=True, cwd=REPO)
-    return GAMES_BUILD
+    return ensure_dataset_build("games", GAMES_BUILD)
 
 
 # ---------------------------------------------------------------- pmixer reference (faithful copy of the logic)

@@ -47,28 +47,23 @@ class DemoConfig(StrictModel):
     report: bool = True
 
 
-def format_table(result: dict[str, Any], dataset: str) -> str:
-    """One line per (split, protocol): every metric, with the protocol and dataset named."""
+def format_table(result: dict[str, Any]) -> str:
+    """One line per (split, protocol): every metric, with the protocol and dataset named (both as
+    eval.json records them, recsys/eval/protocol.py)."""
     protocols = result.get("protocols", {})
+    dataset = str(result.get("dataset", "?"))
     rows: dict[tuple[str, str], list[str]] = {}
     for key, value in sorted(result.items()):
         parts = key.split("/")
-        if not isinstance(value, float) or len(parts) < 2 or parts[-1].endswith("num_users"):
+        if not isinstance(value, float) or len(parts) < 2 or parts[-1].endswith(("num_users", "num_samples")):
             continue
         split, proto, metric = (parts[0], parts[1], parts[2]) if len(parts) >= 3 else (parts[0], "ctr", parts[1])
         rows.setdefault((split, proto), []).append(f"{metric.upper()} {value:.4f}")
     lines = []
     for (split, proto), cells in sorted(rows.items(), key=lambda kv: (kv[0][0] != "test", kv[0])):
-        desc = protocols.get(proto, "AUC/GAUC/logloss on the build's CTR samples" if proto == "ctr" else proto)
+        desc = protocols.get(proto, proto)
         lines.append(f"  [{dataset} | {split} | {proto}: {desc}]\n    " + "  ".join(cells))
     return "\n".join(lines)
-
-
-def _dataset_name(build_dir: Path) -> str:
-    try:
-        return str(json.loads((build_dir / "manifest.json").read_text()).get("name", build_dir.name))
-    except (OSError, ValueError):
-        return build_dir.name
 
 
 def _banner(text: str) -> None:
@@ -111,7 +106,7 @@ def train_next_item(cfg: DemoConfig, build_dir: Path) -> Path:
     exp = _experiment(cfg.next_item_experiment, build_dir, cfg.output_dir / "runs", cfg.max_train_minutes)
     run_dir = run_experiment(exp)
     result = json.loads((run_dir / "eval.json").read_text())
-    print(format_table(result, _dataset_name(build_dir)))
+    print(format_table(result))
     run = load_run(run_dir)
     recommender = Recommender(run)
     user = int(run.vocabs["users"].decode(recommender.seqs.user_ids[:1])[0])
@@ -128,9 +123,9 @@ def train_ctr(cfg: DemoConfig, build_dir: Path) -> list[Path]:
     runs = []
     for path in cfg.ctr_experiments:
         exp = _experiment(path, build_dir, cfg.output_dir / "runs", cfg.max_train_minutes)
-        _banner(f"4. train {exp.model['name'].upper()} (CTR, rating >= 4 = click)")
+        _banner(f"4. train {exp.model.name.upper()} (CTR, rating >= 4 = click)")
         run_dir = run_experiment(exp)
-        print(format_table(json.loads((run_dir / "eval.json").read_text()), _dataset_name(build_dir)))
+        print(format_table(json.loads((run_dir / "eval.json").read_text())))
         print(f"model directory: {run_dir}")
         runs.append(run_dir)
     return runs

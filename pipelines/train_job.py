@@ -36,14 +36,14 @@ Design choices (and why):
   checkpoint); a last report (metrics only) follows rank 0 writing the run directory. `FailureConfig(max_failures)` restarts the worker group after a worker dies, and
   each restarted worker restores the latest reported checkpoint (`ray.train.get_checkpoint()`)
   into the run directory before calling `fit(resume=True)`.
-- Failure injection for tests: `fail_at: {rank, step, marker[, delay_s]}` in the loop config makes
-  that rank `os._exit(1)` once at that global step (the marker file records that it happened).
+- Hook for tests: `train_with_ray(step_hook=...)` ships a callable to the workers that each worker
+  calls as `step_hook(rank, global_step)` before every step (the failure-injection test makes a worker
+  exit there; tests/pipelines/failure.py). Production runs pass none.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -51,9 +51,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+
+from recsys.experiment import ExperimentConfig
+from recsys.tasks.base import TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,18 @@ CHECKPOINT_FILES = ("checkpoint.safetensors", "checkpoint.json", "best.safetenso
 
 # ----------------------------------------------------------------------------------------------
 # the task seen by fit inside a Ray worker
-class _EqualSteps:
-    """Wraps this worker's task: the same number of steps on every rank and optional failure
-    injection. Validation is a collective (every rank scores its users; the task combines them)."""
+StepHook = Callable[[int, int], None]
 
-    def __init__(self, task: Any, rank: int, world_size: int, steps: int, fail_at: dict[str, Any] | None) -> None:
+
+class _EqualSteps:
+    """Wraps this worker's task: the same number of steps on every rank and an optional step hook
+    (called with (rank, global step) before every step). Validation is a collective (every rank
+    scores its users; the task combines them)."""
+
+    def __init__(self, task: TrainTask, rank: int, world_size: int, steps: int, step_hook: StepHook | None = None
+                 ) -> None:
         self.task, self.rank, self.world_size, self.steps = task, rank, world_size, steps
-        self.fail_at = fail_at
+        self.step_hook = step_hook
         self.primary_metric = task.primary_metric
         self.global_step = 0
         self.last_loss: float | None = None
@@ -79,13 +87,8 @@ class _EqualSteps:
     def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
                       bucket_by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         self.global_step = (epoch - 1) * self.steps
-        kwargs: dict[str, Any] = {}
-        if bucket_by_length:  # train.bucket_by_length: forwarded to tasks that support it
-            if "bucket_by_length" not in inspect.signature(self.task.train_batches).parameters:
-                raise ValueError(f"train.bucket_by_length: task {type(self.task).__name__} does not support length bucketing")
-            kwargs["bucket_by_length"] = True
         n, last = 0, None
-        for batch in self.task.train_batches(epoch, batch_size, generator, **kwargs):
+        for batch in self.task.train_batches(epoch, batch_size, generator, bucket_by_length=bucket_by_length):
             if n == self.steps:
                 break
             self._maybe_fail()
@@ -102,22 +105,16 @@ class _EqualSteps:
             self.global_step += 1
 
     def _maybe_fail(self) -> None:
-        f = self.fail_at
-        if f and self.rank == int(f["rank"]) and self.global_step == int(f["step"]):
-            marker = Path(f["marker"])
-            if not marker.exists():
-                marker.write_text(json.dumps({"rank": self.rank, "step": self.global_step, "pid": os.getpid()}))
-                log.warning("fail_at: rank %d exits at global step %d (test hook)", self.rank, self.global_step)
-                # a report still in flight when a worker dies is lost (the controller collects
-                # reports on its health-check poll, every 2 s); a real failure comes long after the
-                # last report, so the hook waits for the poll before dying
-                time.sleep(float(f.get("delay_s", 6.0)))
-                os._exit(1)
+        if self.step_hook is not None:
+            self.step_hook(self.rank, self.global_step)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         loss, logs = self.task.loss(getattr(model, "module", model), batch)
         self.last_loss = float(loss.detach())
         return loss, logs
+
+    def metric_names(self) -> list[str]:
+        return self.task.metric_names()
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         return self.task.evaluate(getattr(model, "module", model), split)
@@ -321,7 +318,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if ckpt is not None:
             shutil.rmtree(ckpt.path, ignore_errors=True)  # Ray has persisted its own copy
 
-    wrapped = _EqualSteps(task, rank, world, steps, config.get("fail_at"))
+    wrapped = _EqualSteps(task, rank, world, steps, config.get("step_hook"))
     result = fit(model, wrapped, train_cfg, run_dir, resume=restored or bool(config.get("resume")),
                  rank=rank, world_size=world, device=device, on_epoch_end=lambda epoch, _ckpt: report(epoch))
     final = {"best_metric": result.best_metric, "best_epoch": result.best_epoch, "done": 1}
@@ -343,8 +340,8 @@ def ensure_ray(num_cpus: int | None = 2) -> None:
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
 
 
-def train_with_ray(cfg: Any, workers: int, *, resume: bool = False, use_gpu: bool = False, max_failures: int = 1,
-                   fail_at: dict[str, Any] | None = None, storage_path: str | Path | None = None) -> Path:
+def train_with_ray(cfg: ExperimentConfig, workers: int, *, resume: bool = False, use_gpu: bool = False, max_failures: int = 1,
+                   step_hook: StepHook | None = None, storage_path: str | Path | None = None) -> Path:
     """Run experiment `cfg` on Ray Train with `workers` workers; returns the run directory."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -364,7 +361,7 @@ def train_with_ray(cfg: Any, workers: int, *, resume: bool = False, use_gpu: boo
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "resume": resume,
-                           "use_gpu": use_gpu, "fail_at": fail_at},
+                           "use_gpu": use_gpu, "step_hook": step_hook},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),

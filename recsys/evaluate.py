@@ -13,6 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsys.eval.protocol import evaluate_splits, format_metrics
+
+__all__ = ["PopularityModel", "popularity_metrics", "evaluate_run", "format_metrics", "configure_cli"]
+
 
 class PopularityModel(nn.Module):
     """Scores every item by its train-part frequency (1-d embeddings: user = 1, item = count),
@@ -35,35 +39,12 @@ def popularity_metrics(task: Any, split: str) -> dict[str, float]:
 
 def evaluate_run(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test"), device: str = "cpu"
                  ) -> dict[str, Any]:
-    """Metrics of a run directory's model, keys "<split>/<protocol>/<metric>"."""
+    """Metrics of a run directory's model, keys "<split>/<protocol>/<metric>" (as eval.json)."""
     from recsys.experiment import build_task, load_run
 
     run = load_run(run_dir, device=device)
-    task = build_task(run.config)
-    out: dict[str, Any] = {"dataset": str(run.build_dir), "model": run.config.model["name"], "task": run.config.task}
-    for split in splits:
-        with torch.no_grad():
-            out.update({f"{split}/{k}": float(v) for k, v in task.evaluate(run.model, split).items()})
-    if run.config.task == "next_item":
-        from recsys.tasks.next_item import PROTOCOLS
-
-        out["protocols"] = PROTOCOLS
-    return out
-
-
-def format_metrics(result: dict[str, Any]) -> str:
-    """Human-readable lines, each naming protocol, split and dataset."""
-    lines = []
-    protocols = result.get("protocols", {})
-    dataset = Path(str(result.get("dataset", "?"))).name
-    for key, value in result.items():
-        if not isinstance(value, float) or key.endswith("num_users"):
-            continue
-        parts = key.split("/")
-        split, proto, metric = (parts + ["", ""])[:3] if len(parts) >= 3 else (parts[0], "", parts[-1])
-        desc = protocols.get(proto, proto)
-        lines.append(f"{metric:>8s} = {value:.4f}   [{proto}: {desc}; split {split}; dataset {dataset}]")
-    return "\n".join(lines)
+    return evaluate_splits(build_task(run.config), run.model, build_dir=run.build_dir, task_name=run.config.task,
+                           model_name=run.config.model.name, splits=splits)
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:

@@ -20,24 +20,25 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from recsys import artifacts
 from recsys.config import StrictModel, dump_yaml, load_yaml, parse_config
 from recsys.losses import LossConfig
-from recsys.metrics import DEFAULT_KS
+from recsys.eval.ranking import DEFAULT_KS
+from recsys.models.registry import ModelConfig, model_task
 from recsys.retrieval import IndexConfig
+from recsys.tasks.base import TrainTask
+from recsys.tasks.config import CTRTaskConfig
 from recsys.train import CHECKPOINT_DIR, FitResult, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
 EVAL_FILE = "eval.json"
-CTR_TASK = "recsys.tasks.ctr:CTRTask"
 
 
 class DataConfig(StrictModel):
@@ -62,8 +63,11 @@ class ExperimentConfig(StrictModel):
     name: str = Field(min_length=1)
     task: Literal["next_item", "ctr"]
     data: DataConfig
-    #: the model's own config (validated by recsys.models.registry.parse_model_config)
-    model: dict[str, Any]
+    #: the model's own config, one of recsys.models.registry.ModelConfig chosen by `name`
+    model: ModelConfig
+    #: CTR task settings (history cap, length bucketing); filled with the defaults for CTR runs,
+    #: refused for next-item runs (whose history window is the model's max_len)
+    ctr: CTRTaskConfig | None = None
     train: TrainConfig = TrainConfig()
     loss: LossConfig = LossConfig()
     eval: EvalConfig = EvalConfig()
@@ -72,21 +76,37 @@ class ExperimentConfig(StrictModel):
     seed: int | None = None
     keep_checkpoints: bool = False
 
-    @field_validator("model")
-    @classmethod
-    def _valid_model(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from recsys.models.registry import parse_model_config
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        kind = model_task(self.model.name)
+        if kind != self.task:
+            raise ValueError(f"model.name: {self.model.name!r} is a {kind} model but task is {self.task!r}")
+        if self.task == "next_item":
+            if self.ctr is not None:
+                raise ValueError("ctr: only CTR experiments take a ctr section (next-item histories are model.max_len)")
+            return self
+        if self.ctr is None:
+            self.ctr = CTRTaskConfig()  # recorded in the run's config.yaml
+        max_position = getattr(self.model, "max_position", None)
+        if max_position is not None and max_position < self.ctr.max_history:
+            raise ValueError(f"model.max_position: {max_position} is below ctr.max_history {self.ctr.max_history}: "
+                             "target-relative positions of older behaviours would all share one embedding; "
+                             "set max_position >= max_history")
+        return self
 
-        parse_model_config(v)
-        return v
-
-    def model_cfg(self) -> Any:
-        from recsys.models.registry import parse_model_config
-
-        return parse_model_config(self.model)
+    def model_cfg(self) -> ModelConfig:
+        """The model's typed config (kept for callers written before `model` was typed)."""
+        return self.model
 
     def train_cfg(self) -> TrainConfig:
         return self.train if self.seed is None else self.train.model_copy(update={"seed": self.seed})
+
+    def history_cap(self) -> int:
+        """The longest history the model was trained on: ctr.max_history (CTR) or model.max_len
+        (next-item). Serving should not encode more than this."""
+        if self.ctr is not None:
+            return self.ctr.max_history
+        return int(getattr(self.model, "max_len"))
 
     @property
     def run_dir(self) -> Path:
@@ -97,27 +117,18 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     return load_yaml(path, ExperimentConfig)
 
 
-def _import(spec: str) -> Any:
-    module, _, attr = spec.partition(":")
-    return getattr(import_module(module), attr)
-
-
-def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> Any:
+def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> TrainTask:
     """The TrainTask of an experiment (this worker's shard)."""
-    from recsys.models.registry import model_task
-
-    mcfg = cfg.model_cfg()
-    if model_task(mcfg.name) != cfg.task:
-        raise ValueError(f"model.name: {mcfg.name!r} is a {model_task(mcfg.name)} model but task is {cfg.task!r}")
     build_dir = Path(cfg.data.build_dir)
     if not build_dir.is_dir():
         raise FileNotFoundError(f"data.build_dir: {build_dir} does not exist (run `recsys data build` first)")
+    task: TrainTask
     if cfg.task == "next_item":
         from recsys.tasks.next_item import NextItemTask
 
-        max_len = getattr(mcfg, "max_len", None)
+        max_len = getattr(cfg.model, "max_len", None)
         if max_len is None:
-            raise ValueError(f"model: {mcfg.name} config has no max_len")
+            raise ValueError(f"model: {cfg.model.name} config has no max_len")
         if cfg.train_cfg().bucket_by_length and cfg.loss.reduction == "batch_mean":
             log.warning("train.bucket_by_length with loss.reduction 'batch_mean': batches of short sequences "
                         "have few positions, each weighing more than under random batches; loss.reduction "
@@ -126,9 +137,11 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
                             valid_max_users=cfg.eval.valid_max_users, ks=cfg.eval.ks, rank=rank,
                             world_size=world_size)
     else:
-        # CTR: recsys/tasks/ctr.py, imported by name so this module does not depend on it; it keeps
+        from recsys.tasks.ctr import CTRTask
+
+        assert cfg.ctr is not None  # filled by ExperimentConfig's validator
         # the samples of this worker's parts of the build (layout.worker_parts), all splits
-        task = _import(CTR_TASK)(build_dir, mcfg, cfg.train_cfg(), rank=rank, world_size=world_size)
+        task = CTRTask.from_config(build_dir, cfg.ctr, rank=rank, world_size=world_size)
     if cfg.eval.select_metric is not None:
         names = task.metric_names()
         if cfg.eval.select_metric not in names:
@@ -138,7 +151,7 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
     return task
 
 
-def _num_categories(build_dir: Path) -> int:
+def num_categories(build_dir: Path) -> int:
     from recsys.data import schema
 
     path = build_dir / schema.VOCAB_DIR / schema.CATEGORIES_VOCAB
@@ -149,15 +162,15 @@ def _num_categories(build_dir: Path) -> int:
     return int(pq.read_metadata(str(path)).num_rows)
 
 
-def build_model(cfg: ExperimentConfig, task: Any | None = None) -> torch.nn.Module:
+def build_model(cfg: ExperimentConfig, task: TrainTask | None = None) -> torch.nn.Module:
     """Model from the registry, sized by the build's vocabularies; MQSA-TED gets its teacher
     (transition graph of the TRAIN parts of the sequences) when a next-item task is given."""
     from recsys.models.registry import build_model as registry_build
     from recsys.tasks.next_item import _num_items
 
     build_dir = Path(cfg.data.build_dir)
-    mcfg = cfg.model_cfg()
-    model = registry_build(mcfg, num_items=_num_items(build_dir), num_categories=_num_categories(build_dir))
+    mcfg = cfg.model
+    model = registry_build(mcfg, num_items=_num_items(build_dir), num_categories=num_categories(build_dir))
     if task is not None and hasattr(model, "attach_teacher"):
         from recsys.models.transitions import TransitionGraph
 
@@ -167,20 +180,12 @@ def build_model(cfg: ExperimentConfig, task: Any | None = None) -> torch.nn.Modu
     return model
 
 
-def evaluate_model(task: Any, model: torch.nn.Module, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Final metrics on valid and test: flat keys "<split>/<protocol>/<metric>" plus a description
-    of the protocols and the dataset."""
-    out: dict[str, Any] = {"dataset": str(cfg.data.build_dir), "task": cfg.task, "model": cfg.model["name"]}
-    model.eval()
-    for split in ("valid", "test"):
-        with torch.no_grad():
-            metrics = task.evaluate(model, split)
-        out.update({f"{split}/{k}": float(v) for k, v in metrics.items()})
-    if cfg.task == "next_item":
-        from recsys.tasks.next_item import PROTOCOLS
+def evaluate_model(task: TrainTask, model: torch.nn.Module, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Final metrics on valid and test (recsys/eval/protocol.py): flat keys
+    "<split>/<protocol>/<metric>" plus the protocols and the dataset's name."""
+    from recsys.eval.protocol import evaluate_splits
 
-        out["protocols"] = PROTOCOLS
-    return out
+    return evaluate_splits(task, model, build_dir=cfg.data.build_dir, task_name=cfg.task, model_name=cfg.model.name)
 
 
 def run_experiment(cfg: ExperimentConfig, *, resume: bool = True, device: str | None = None) -> Path:
@@ -198,7 +203,7 @@ def run_experiment(cfg: ExperimentConfig, *, resume: bool = True, device: str | 
     return finalize_run(cfg, task, model, result, run_dir)
 
 
-def finalize_run(cfg: ExperimentConfig, task: Any, model: torch.nn.Module, result: FitResult, run_dir: Path,
+def finalize_run(cfg: ExperimentConfig, task: TrainTask, model: torch.nn.Module, result: FitResult, run_dir: Path,
                  *, extra: dict[str, Any] | None = None) -> Path:
     """The end of a run, after `fit` (in-process or rank 0 of a Ray Train job): eval.json (valid and
     test with the model's current = best weights, plus the fit summary), weights, vocab copy,
@@ -222,7 +227,7 @@ def finalize_run(cfg: ExperimentConfig, task: Any, model: torch.nn.Module, resul
             save_index(build_index(model.item_embeddings(), cfg.eval.index), run_dir / artifacts.INDEX_FILE)
     if not cfg.keep_checkpoints:
         shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    artifacts.write_manifest(run_dir, extra={"name": cfg.name, "task": cfg.task, "model": cfg.model["name"],
+    artifacts.write_manifest(run_dir, extra={"name": cfg.name, "task": cfg.task, "model": cfg.model.name,
                                              "build_dir": str(cfg.data.build_dir), **extra})
     return run_dir
 
@@ -249,7 +254,7 @@ def load_run(run_dir: str | Path, *, verify: bool = True, device: str = "cpu") -
     vocabs = load_vocabularies(run_dir / artifacts.VOCAB_DIR)
     from recsys.models.registry import build_model as registry_build
 
-    model = registry_build(cfg.model_cfg(), num_items=len(vocabs["items"]),
+    model = registry_build(cfg.model, num_items=len(vocabs["items"]),
                            num_categories=len(vocabs["categories"]) if "categories" in vocabs else 0)
     artifacts.load_weights(model, run_dir / artifacts.WEIGHTS_FILE)
     model.to(device).eval()

@@ -1,4 +1,4 @@
-"""Next-item losses on the hidden states of a sequence model (ALGORITHMS.md §1.3, §2.3).
+"""Next-item losses on the hidden states of a sequence model (docs/MODELS.md, SASRec and MQSA-TED).
 
 All three score with the shared item table (r = <h_t, E_i>), are averaged over the valid
 positions (pos != 0) and never score the padding row 0:

@@ -1,6 +1,6 @@
 """Shared pieces of the long-sequence CTR models (DIN, TWIN, DARE, SDIM).
 
-- `_ops()`: the retrieval-stage op namespace (`kernels.ops` when importable, else the reference).
+- `_ops()`: the retrieval-stage op namespace (`kernels.ops`).
 - `BehaviourEmbedding`: item / category / target-relative-position fields, each optional.
 - `CTRHead`: BatchNorm -> [Linear -> PReLU]* -> Linear(1) (DARE's head; SDIM uses it too).
 - `check_ctr_batch`, `bce_loss`, `append_history`: batch validation and the serving helpers.
@@ -20,15 +20,11 @@ import torch.nn.functional as F
 
 
 def _ops() -> ModuleType:
-    """The op namespace the models call (names as in docs/INTERFACES.md "Kernel ops")."""
-    try:
-        from kernels import ops
+    """The op namespace the models call (names as in docs/INTERFACES.md "Kernel ops"), imported on
+    first use so that building a model config does not load the kernels."""
+    from kernels import ops
 
-        return ops
-    except ImportError:  # pragma: no cover - only before kernels/ops.py exists
-        from kernels import reference
-
-        return reference
+    return ops
 
 
 CTR_BATCH_KEYS = ("target_items", "target_cats", "hist_items", "hist_cats", "hist_lengths", "labels")

@@ -1,4 +1,4 @@
-"""MQSA-TED (Zhu et al., WSDM 2024), ALGORITHMS.md §2.3 (the official code's formulation).
+"""MQSA-TED (Zhu et al., WSDM 2024), docs/MODELS.md (the official code's formulation).
 
 Shared input X⁰ = Dropout(√d·Ē[s] + P) × mask feeds two stacks with their own parameters:
 - short query: SASRec blocks (query = the item itself) -> h^S = LN(X)

@@ -1,49 +1,72 @@
-"""Model registry: config name -> (config class, model class), imported lazily.
+"""Model registry: the typed model config (a pydantic union discriminated on `name`) and the
+model class and task of each name.
 
 Every model module defines a pydantic config (with `name: Literal[...]`) and a model class with
-`from_config(cfg, num_items: int, num_categories: int) -> nn.Module`.
+`from_config(cfg, num_items: int, num_categories: int) -> nn.Module`. `ModelConfig` is the union
+of those configs: `ExperimentConfig.model` is one, validated once when the experiment is read.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from typing import Annotated, Any, Union
 
 import torch
+from pydantic import Field, TypeAdapter, ValidationError
 
-# name -> (module, config class, model class, task)
-MODELS: dict[str, tuple[str, str, str, str]] = {
-    "sasrec": ("recsys.models.sasrec", "SASRecConfig", "SASRec", "next_item"),
-    "mqsa_ted": ("recsys.models.mqsa_ted", "MQSATEDConfig", "MQSATED", "next_item"),
-    "din": ("recsys.models.din", "DINConfig", "DIN", "ctr"),
-    "twin": ("recsys.models.twin", "TWINConfig", "TWIN", "ctr"),
-    "dare": ("recsys.models.dare", "DAREConfig", "DARE", "ctr"),
-    "sdim": ("recsys.models.sdim", "SDIMConfig", "SDIM", "ctr"),
+from recsys.models.dare import DARE, DAREConfig
+from recsys.models.din import DIN, DINConfig
+from recsys.models.mqsa_ted import MQSATED, MQSATEDConfig
+from recsys.models.sasrec import SASRec, SASRecConfig
+from recsys.models.sdim import SDIM, SDIMConfig
+from recsys.models.twin import TWIN, TWINConfig
+
+#: the config of any model, chosen by its `name`
+ModelConfig = Annotated[
+    Union[SASRecConfig, MQSATEDConfig, DINConfig, TWINConfig, DAREConfig, SDIMConfig],
+    Field(discriminator="name"),
+]
+
+# name -> (model class, task)
+MODELS: dict[str, tuple[type[torch.nn.Module], str]] = {
+    "sasrec": (SASRec, "next_item"),
+    "mqsa_ted": (MQSATED, "next_item"),
+    "din": (DIN, "ctr"),
+    "twin": (TWIN, "ctr"),
+    "dare": (DARE, "ctr"),
+    "sdim": (SDIM, "ctr"),
 }
 
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ModelConfig)
 
-def _entry(name: str) -> tuple[type, type, str]:
+
+def _entry(name: str) -> tuple[type[torch.nn.Module], str]:
     if name not in MODELS:
         raise ValueError(f"model.name: unknown model {name!r}; known: {sorted(MODELS)}")
-    module, cfg_cls, model_cls, task = MODELS[name]
-    mod = import_module(module)
-    return getattr(mod, cfg_cls), getattr(mod, model_cls), task
+    return MODELS[name]
 
 
 def model_task(name: str) -> str:
-    return _entry(name)[2]
+    """"next_item" or "ctr": the task a model name trains on."""
+    return _entry(name)[1]
 
 
-def parse_model_config(data: dict[str, Any]) -> Any:
-    """Validate a `model:` mapping into its model's config class (error names the field)."""
-    from recsys.config import parse_config
+def parse_model_config(data: dict[str, Any]) -> ModelConfig:
+    """Validate a `model:` mapping into its model's config class (the error names the field)."""
+    from recsys.config import ConfigError
 
     if "name" not in data:
-        raise ValueError("model.name is required")
-    cfg_cls, _, _ = _entry(str(data["name"]))
-    return parse_config(data, cfg_cls, source="model")
+        raise ConfigError("model.name is required")
+    _entry(str(data["name"]))  # a clear message for an unknown name
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        lines = ["model: invalid config"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"][1:]) or "<root>"
+            lines.append(f"  model.{loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
 
 
-def build_model(cfg: Any, num_items: int, num_categories: int = 0) -> torch.nn.Module:
-    _, model_cls, _ = _entry(cfg.name)
+def build_model(cfg: ModelConfig, num_items: int, num_categories: int = 0) -> torch.nn.Module:
+    model_cls, _ = _entry(cfg.name)
     return model_cls.from_config(cfg, num_items=num_items, num_categories=num_categories)

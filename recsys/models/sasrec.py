@@ -1,4 +1,4 @@
-"""SASRec (Kang & McAuley, ICDM 2018), ALGORITHMS.md §1.
+"""SASRec (Kang & McAuley, ICDM 2018), docs/MODELS.md.
 
 X⁰ = Dropout(√d·M[s] + P) × mask; blocks of causal self-attention + point-wise FFN
 (attention/causal.py; norm "query_only" = official code, "pre_ln" = standard Pre-LN);

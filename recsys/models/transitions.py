@@ -1,4 +1,4 @@
-"""TED's teacher: the directed item->item transition graph and the KD loss (ALGORITHMS.md §2.3).
+"""TED's teacher: the directed item->item transition graph and the KD loss (docs/MODELS.md, MQSA-TED).
 
 A[i, j] = number of times item j follows item i exactly k steps later (k = 1..time_span), counted
 on the TRAINING part of each sequence truncated to its last max_len items. Stored as CSR arrays

@@ -1,6 +1,6 @@
 """CTR task (DIN, TWIN, DARE, SDIM) on a build directory: vectorised batches of
 (history, target, label) built from `ctr_samples.parquet` + `sequences.parquet`, and AUC / GAUC /
-logloss evaluation (recsys/ctr_metrics.py).
+logloss evaluation (recsys/eval/ctr.py).
 
 A sample is `(split, user_id, prefix_length, item_id[, category_id], label)`; its history is
 `items[:prefix_length]` of that user's sequence, cut to the most recent `max_history` behaviours.
@@ -11,9 +11,10 @@ Batch (docs/INTERFACES.md "Batches", CTR), built without a per-sample Python loo
     hist_lengths [B] = min(prefix_length, max_history).
 L is the longest history in the batch (<= max_history), so a batch of short histories is not padded
 to max_history; models are independent of the padding width. Target-relative positions are computed
-in the models. Training order is a permutation drawn from the loop's torch.Generator (optionally
-length-bucketed: `bucket_batches` consecutive batches of the permutation are sorted by length, so
-their padding is tight, and then the batch order is shuffled again).
+in the models. Training order is a permutation drawn from the loop's torch.Generator (with
+`bucket_by_length`: `bucket_pool` consecutive batches of the permutation are sorted by length, so
+their padding is tight, and then the batch order is shuffled again). The settings come from the
+experiment's `ctr:` section (recsys/tasks/config.py `CTRTaskConfig`).
 
 Evaluation: all samples of the split (batches ordered by length for speed; metrics are order-free):
 "auc" (all rows), "gauc" (per-user AUC weighted by impressions, users with both classes),
@@ -36,7 +37,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -46,11 +47,11 @@ from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.tasks import collective
 from recsys.tasks.base import Batch
+from recsys.tasks.config import DEFAULT_MAX_HISTORY, CTRTaskConfig
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-DEFAULT_MAX_HISTORY = 2000
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,10 @@ class CTRTask:
     def __init__(
         self,
         build_dir: str | Path,
-        model_cfg: Any = None,
-        train_cfg: Any = None,
         *,
         max_history: int = DEFAULT_MAX_HISTORY,
         eval_batch_size: int = 512,
-        bucket_batches: int = 1,
+        bucket_pool: int = 8,
         rank: int = 0,
         world_size: int = 1,
         sequences: JaggedSequences | None = None,
@@ -139,10 +138,9 @@ class CTRTask:
             raise ValueError(f"max_history must be >= 1, got {max_history}")
         self.rank, self.world_size = rank, world_size
         self.parts = collective.shard_parts(self.build_dir, rank, world_size)  # this worker's users
-        if eval_batch_size < 1 or bucket_batches < 1:
-            raise ValueError("eval_batch_size and bucket_batches must be >= 1")
-        self.model_cfg, self.train_cfg = model_cfg, train_cfg
-        self.max_history, self.eval_batch_size, self.bucket_batches = max_history, eval_batch_size, bucket_batches
+        if eval_batch_size < 1 or bucket_pool < 1:
+            raise ValueError("eval_batch_size and bucket_pool must be >= 1")
+        self.max_history, self.eval_batch_size, self.bucket_pool = max_history, eval_batch_size, bucket_pool
         self.seqs = sequences if sequences is not None else JaggedSequences.read(
             self.build_dir, self.parts, columns=(schema.SEQ_CATEGORIES,))  # no times: unused
         items_vocab = self.build_dir / schema.VOCAB_DIR / schema.ITEMS_VOCAB
@@ -153,6 +151,13 @@ class CTRTask:
         log.info("CTR task %s: rank %d/%d, parts %s: users=%d samples train=%d valid=%d test=%d, max_history=%d",
                  self.build_dir, rank, world_size, self.parts, self.seqs.num_users, len(self.train),
                  len(self.splits["valid"]), len(self.splits["test"]), max_history)
+
+    @classmethod
+    def from_config(cls, build_dir: str | Path, cfg: CTRTaskConfig, *, rank: int = 0, world_size: int = 1,
+                    sequences: JaggedSequences | None = None) -> "CTRTask":
+        """The task of an experiment's `ctr:` section (this worker's shard)."""
+        return cls(build_dir, max_history=cfg.max_history, eval_batch_size=cfg.eval_batch_size,
+                   bucket_pool=cfg.bucket_pool, rank=rank, world_size=world_size, sequences=sequences)
 
     # --- batches --------------------------------------------------------------------------------
     def num_samples(self) -> dict[str, int]:
@@ -180,15 +185,16 @@ class CTRTask:
             "labels": torch.from_numpy(s.labels.copy()),
         }
 
-    def train_order(self, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    def train_order(self, batch_size: int, generator: torch.Generator, bucket_by_length: bool = False
+                    ) -> list[np.ndarray]:
         """Positions in the train shard, one array per batch (all randomness from `generator`)."""
         n = len(self.train)
         perm = torch.randperm(n, generator=generator).numpy()
         batches = [perm[i : i + batch_size] for i in range(0, n, batch_size)]
-        if self.bucket_batches > 1:
+        if bucket_by_length and self.bucket_pool > 1:
             lengths = np.minimum(self.train.prefix, self.max_history)
             pooled = []
-            span = batch_size * self.bucket_batches
+            span = batch_size * self.bucket_pool
             for i in range(0, n, span):
                 block = perm[i : i + span]
                 block = block[np.argsort(lengths[block], kind="stable")]
@@ -197,8 +203,10 @@ class CTRTask:
             batches = [pooled[k] for k in order]
         return batches
 
-    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        for sel in self.train_order(batch_size, generator):
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
+                      bucket_by_length: bool = False) -> Iterator[Batch]:
+        """One epoch of training batches (module doc: order and length bucketing)."""
+        for sel in self.train_order(batch_size, generator, bucket_by_length):
             yield self.make_batch(self.train.take(sel))
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -239,7 +247,7 @@ class CTRTask:
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
         """Metrics of all samples of `split` over every worker's users (a collective when sharded:
         every rank must call it; see the module doc)."""
-        from recsys.ctr_metrics import ctr_metrics
+        from recsys.eval.ctr import ctr_metrics
 
         s = self.splits[split]
         scores = self.predict(model, split)

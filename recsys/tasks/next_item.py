@@ -1,5 +1,5 @@
 """Next-item task (SASRec, MQSA-TED) on a build directory: vectorised batches with on-the-fly
-negatives, and full-ranking / sampled-100 evaluation (ALGORITHMS.md §1.3-1.4, DESIGN.md).
+negatives, and full-ranking / sampled-100 evaluation (docs/DATA.md "Evaluation protocols").
 
 Split (leave-one-out by position, recsys/data/schema.py): for a user with >= 3 items,
 items[:-2] is train, items[-2] validation, items[-1] test; a user with fewer items keeps all of
@@ -23,7 +23,7 @@ validation item is part of the test input):
                 (valid: items[:-2]; test: items[:-1]) set to -inf, EXCEPT the target item itself
                 when it also occurs in the history (repeat consumption is not made unrankable).
     sampled100  the target + the user's 100 persisted negatives (eval_negatives.parquet).
-    Rank with the pessimistic tie rule (recsys/metrics.py); HR/NDCG/MRR@5/10/20.
+    Rank with the pessimistic tie rule (recsys/eval/ranking.py); HR/NDCG/MRR@5/10/20.
 Keys: "full/ndcg@10", "sampled100/hr@10", ..., plus "num_users".
 
 Sharding (Ray Train, `rank`/`world_size`): the task reads only its parts of the build
@@ -50,14 +50,12 @@ import torch
 from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.losses import LossConfig
-from recsys.metrics import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
+from recsys.eval.protocol import NEXT_ITEM_PROTOCOLS
+from recsys.eval.ranking import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
 from recsys.tasks import collective
 from recsys.tasks.base import Batch
 
-PROTOCOLS = {
-    "full": "full ranking over all items, user's history excluded, leave-one-out",
-    "sampled100": "true item + 100 persisted negatives the user never interacted with, leave-one-out",
-}
+PROTOCOLS = NEXT_ITEM_PROTOCOLS
 
 
 def _num_items(build_dir: Path) -> int:
@@ -286,51 +284,89 @@ class NextItemTask:
         return self.valid_rows if split == "valid" else self.eval_rows
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
-                 ) -> dict[str, float]:
-        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test",
-        over every worker's users (a collective when sharded: every rank must call it)."""
-        was_training = model.training
-        model.eval()
+    def batch_ranks(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+                    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """(sequence rows, {protocol: 0-based rank of the target [B]}) per evaluation batch of
+        `split` (module doc: the candidates of each protocol; ties pessimistic, recsys/eval/ranking.py).
+        The model must be in eval mode."""
         rows_all = self._rows_for(split)
-        num_users = int(collective.all_sum(np.array([rows_all.size], dtype=np.int64), self.world_size)[0])
-        if num_users == 0:
+        if rows_all.size == 0 and self.world_size == 1:  # sharded: evaluate checks the total
             raise ValueError(f"no users with >= 3 items in {self.build_dir}: nothing to evaluate")
         device = next(model.parameters()).device
         items_emb = model.item_embeddings()  # [N+1,d]
         negatives = self.eval_negatives() if "sampled100" in protocols else None
-        lengths = self.seqs.lengths
         shift = 2 if split == "valid" else 1  # target = items[-shift]
-        sums: dict[str, dict[str, float]] = {p: {} for p in protocols}
         for i in range(0, rows_all.size, self.eval_batch_size):
             rows = rows_all[i : i + self.eval_batch_size]
-            hist_len = lengths[rows] - shift  # [B] history = items[:hist_len]
+            hist_len = self.seqs.lengths[rows] - shift  # [B] history = items[:hist_len]
             target = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + hist_len]).to(device)  # [B]
             seq = torch.from_numpy(self.seqs.windows(rows, hist_len, self.max_len)).to(device)
             user = model.user_embedding(seq)  # [B,d]
+            out: dict[str, torch.Tensor] = {}
             if "full" in protocols:
-                scores = user @ items_emb.T  # [B,N+1]
-                scores[:, 0] = -torch.inf
-                b = np.repeat(np.arange(rows.size), hist_len)
-                flat = np.repeat(self.seqs.offsets[rows], hist_len) + (
-                    np.arange(hist_len.sum()) - np.repeat(np.cumsum(hist_len) - hist_len, hist_len))
-                hist_items = torch.from_numpy(self.seqs.items[flat]).to(device)
-                b_t = torch.from_numpy(b).to(device)
-                keep = hist_items != target[b_t]
-                scores[b_t[keep], hist_items[keep]] = -torch.inf
-                accumulate(sums["full"], metric_sums(rank_of_target(scores, target), self.ks))
+                out["full"] = rank_of_target(self._full_scores(user, items_emb, rows, hist_len, target), target)
             if negatives is not None:
                 neg = torch.from_numpy(negatives[rows]).to(device)  # [B,100]
                 cand = torch.cat([target[:, None], neg.clamp_min(0)], dim=1)  # [B,101]
                 s = torch.einsum("bd,bcd->bc", user, items_emb[cand])
                 s = s.masked_fill(torch.cat([torch.zeros_like(target[:, None], dtype=torch.bool), neg < 0], 1),
                                   -torch.inf)
-                accumulate(sums["sampled100"],
-                           metric_sums(rank_of_target(s, torch.zeros_like(target)), self.ks))
-        model.train(was_training)
+                out["sampled100"] = rank_of_target(s, torch.zeros_like(target))
+            yield rows, out
+
+    def _full_scores(self, user: torch.Tensor, items_emb: torch.Tensor, rows: np.ndarray, hist_len: np.ndarray,
+                     target: torch.Tensor) -> torch.Tensor:
+        """[B,N+1] scores over all items; padding and the history (but not the target) at -inf."""
+        device = user.device
+        scores = user @ items_emb.T  # [B,N+1]
+        scores[:, 0] = -torch.inf
+        b = np.repeat(np.arange(rows.size), hist_len)
+        flat = np.repeat(self.seqs.offsets[rows], hist_len) + (
+            np.arange(hist_len.sum()) - np.repeat(np.cumsum(hist_len) - hist_len, hist_len))
+        hist_items = torch.from_numpy(self.seqs.items[flat]).to(device)
+        b_t = torch.from_numpy(b).to(device)
+        keep = hist_items != target[b_t]
+        scores[b_t[keep], hist_items[keep]] = -torch.inf
+        return scores
+
+    def ranks(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Every evaluated user's rank per protocol: (sequence rows [U], {protocol: ranks [U]}) (the
+        per-user values the report bootstraps)."""
+        was_training = model.training
+        model.eval()
+        rows, ranks = [], {p: [] for p in protocols}
+        try:
+            for r, out in self.batch_ranks(model, split, protocols):
+                rows.append(r)
+                for p, v in out.items():
+                    ranks[p].append(v.cpu().numpy())
+        finally:
+            model.train(was_training)
+        return np.concatenate(rows), {p: np.concatenate(v).astype(np.int64) for p, v in ranks.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: str, protocols: tuple[str, ...] = ("full", "sampled100")
+                 ) -> dict[str, float]:
+        """HR/NDCG/MRR@ks under the full-ranking and sampled-100 protocols on "valid" or "test",
+        over every worker's users (a collective when sharded: every rank must call it)."""
+        was_training = model.training
+        model.eval()
+        sums: dict[str, dict[str, float]] = {p: {} for p in protocols}
+        n_local = 0
+        try:
+            for rows, out in self.batch_ranks(model, split, protocols):
+                n_local += rows.size
+                for proto, r in out.items():
+                    accumulate(sums[proto], metric_sums(r, self.ks))
+        finally:
+            model.train(was_training)
+        n_users = int(collective.all_sum(np.array([n_local], dtype=np.int64), self.world_size)[0])
+        if n_users == 0:
+            raise ValueError(f"no users with >= 3 items in {self.build_dir}: nothing to evaluate")
         keys = [f"{m}@{k}" for k in self.ks for m in ("hr", "ndcg", "mrr")]  # metric_sums' keys
-        out: dict[str, float] = {"num_users": float(num_users)}
+        result: dict[str, float] = {"num_users": float(n_users)}
         for proto, s in sums.items():
             total = collective.all_sum(np.array([s.get(k, 0.0) for k in keys], dtype=np.float64), self.world_size)
-            out.update({f"{proto}/{k}": v for k, v in finalize(dict(zip(keys, total.tolist())), num_users).items()})
-        return out
+            result.update({f"{proto}/{k}": v for k, v in finalize(dict(zip(keys, total.tolist())), n_users).items()})
+        return result

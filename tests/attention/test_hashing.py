@@ -11,7 +11,7 @@ from attention.hashing import SimHashInterest
 
 
 def _paper_formulation(mod: SimHashInterest, hist: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """ALGORITHMS.md §4.5 pseudocode: collision mask per signature, sum, l2-normalise, mean."""
+    """SDIM's bucket pooling (docs/MODELS.md, FuxiCTR's formulation): collision mask per signature, sum, l2-normalise, mean."""
     tau, s = mod.tau, mod.num_signatures
     r = mod.projections.view(-1, s, tau)
     w = 2 ** torch.arange(tau)

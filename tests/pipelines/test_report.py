@@ -14,6 +14,9 @@ import pytest
 import torch
 
 from pipelines import report as rp
+from recsys.eval.bootstrap import CTR_METRICS, bootstrap_mean_ci, bootstrap_means, multiplicity_chunks, percentile_ci
+from recsys.eval.ctr import bce_with_logits
+from recsys.eval.ranking import rank_metric_values
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
 
@@ -183,16 +186,16 @@ is 1.0 on this build: its same-category behaviours are the planted ones)."""
 
 
 def test_metric_math_matches_the_project_metrics() -> None:
-    from recsys.ctr_metrics import auc, gauc
-    from recsys.metrics import ranking_metrics
+    from recsys.eval.ctr import auc, gauc
+    from recsys.eval.ranking import ranking_metrics
 
     rng = np.random.default_rng(1)
     ranks = rng.integers(0, 40, 300)
     ref = ranking_metrics(torch.from_numpy(ranks))
     for key, v in ref.items():
         m, k = key.split("@")
-        assert rp.rank_metric_values(ranks, m, int(k)).mean() == pytest.approx(v, abs=1e-12)
-    # CTR point values and bootstrap both come from recsys.ctr_metrics (no second implementation)
+        assert rank_metric_values(ranks, m, int(k)).mean() == pytest.approx(v, abs=1e-12)
+    # CTR point values and bootstrap both come from recsys.eval.ctr (no second implementation)
     users, y, s = rng.integers(0, 30, 500), rng.integers(0, 2, 500), rng.integers(0, 8, 500).astype(float)
     p = rp.CTRPredictions("test", users, np.zeros(500, dtype=np.int64), y, s)
     point = rp.ctr_metric_values(p)
@@ -205,7 +208,7 @@ def test_metric_math_matches_the_project_metrics() -> None:
         dup = np.concatenate([np.flatnonzero(users == u) for u in np.unique(users)[idx[r]]])
         assert boot["auc"][r] == pytest.approx(auc(y[dup], s[dup]), abs=1e-12)
         assert boot["gauc"][r] == pytest.approx(gauc(users[dup], y[dup], s[dup]), abs=1e-12)
-        assert boot["logloss"][r] == pytest.approx(rp.bce_with_logits(s[dup], y[dup]).mean(), abs=1e-12)
+        assert boot["logloss"][r] == pytest.approx(bce_with_logits(s[dup], y[dup]).mean(), abs=1e-12)
 
 
 def _dense_multiplicities(num_units: int, n_boot: int, seed: int) -> np.ndarray:
@@ -220,19 +223,19 @@ def test_chunked_bootstrap_equals_the_one_shot_draw() -> None:
     rng = np.random.default_rng(5)
     values = rng.random((37, 3))  # [U, M]
     dense = _dense_multiplicities(37, 23, seed=9)
-    chunks = list(rp._multiplicity_chunks(37, 23, seed=9, chunk=5))
+    chunks = list(multiplicity_chunks(37, 23, seed=9, chunk=5))
     assert [c.shape[0] for c in chunks] == [5, 5, 5, 5, 3]
     assert np.array_equal(np.concatenate(chunks), dense)  # same indices, same order
     ref = (dense @ values) / dense.sum(1)[:, None]
     for chunk in (1, 4, 23, 50):
-        np.testing.assert_allclose(rp.bootstrap_means(values, 23, seed=9, chunk=chunk), ref, rtol=0, atol=1e-12)
-    assert rp.bootstrap_mean_ci(values[:, 0], 23, 9, chunk=4) == pytest.approx(rp._percentile_ci(ref[:, 0]), abs=1e-12)
-    assert not np.allclose(rp.bootstrap_means(values, 23, seed=10), ref)  # the seed matters
+        np.testing.assert_allclose(bootstrap_means(values, 23, seed=9, chunk=chunk), ref, rtol=0, atol=1e-12)
+    assert bootstrap_mean_ci(values[:, 0], 23, 9, chunk=4) == pytest.approx(percentile_ci(ref[:, 0]), abs=1e-12)
+    assert not np.allclose(bootstrap_means(values, 23, seed=10), ref)  # the seed matters
     # CTR: chunk size does not change the bootstrap samples
     users, y = rng.integers(0, 40, 400), rng.integers(0, 2, 400)
     p = rp.CTRPredictions("test", users, np.zeros(400, dtype=np.int64), y, rng.normal(size=400))
     a, b = rp.ctr_metric_values(p, 17, seed=3, chunk=4), rp.ctr_metric_values(p, 17, seed=3, chunk=17)
-    for m in rp.CTR_METRICS:
+    for m in CTR_METRICS:
         assert a[m].shape == (17,)
         np.testing.assert_allclose(a[m], b[m], rtol=0, atol=1e-12)
 
@@ -243,7 +246,7 @@ def test_everything_is_escaped(runs: list[Path]) -> None:
     r.metrics = [rp.MetricRow("ndcg@10", "<b>p</b>", "full", "test", 0.5, 0.4, 0.6, 3, 3)]
     page = rp.render_html({"generated": "now", "code_version": "<x>", "bootstrap": {"resamples": 1, "seed": 0}},
                           [r], [], {k: None for k in ("training", "comparison", "by_length", "planted", "tradeoffs")})
-    assert "<img src=x" not in page and "<b>p</b>" not in page and "&lt;img src=x onerror=&quot;" in page
+    assert "<img src=x" not in page and "<b>p</b>" not in page and "&lt;img src=x onerror=&#34;" in page  # Jinja2 autoescape (markupsafe)
 
 
 def test_missing_run_file_is_named(runs: list[Path], tmp_path: Path) -> None:
@@ -300,5 +303,5 @@ def test_curve_follows_the_selection_metric() -> None:
     plain = SimpleNamespace(history=history, primary="ndcg@10", config={"eval": {}})
     selected = SimpleNamespace(history=history, primary="ndcg@10",
                                config={"eval": {"select_metric": "sampled100/ndcg@10"}})
-    assert rp._curve_key(plain) == "valid/full/ndcg@10"
-    assert rp._curve_key(selected) == "valid/sampled100/ndcg@10"
+    assert rp.curve_key(plain) == "valid/full/ndcg@10"
+    assert rp.curve_key(selected) == "valid/sampled100/ndcg@10"

@@ -91,11 +91,12 @@ def test_sdim_two_workers_killed_worker_resumes_and_loss_decreases(ray_session: 
     (loss decreases) and survives rank 1 dying mid-run (Ray Train restarts the worker group and it
     continues from the last reported checkpoint)."""
     from pipelines.train_job import train_with_ray
+    from tests.pipelines.failure import ExitOnce
 
     marker = tmp_path / "killed.json"
     cfg = _cfg(build, tmp_path / "runs", "sdim_killed", SDIM, 64, 3, "ctr")
     # 64 users x 8 train targets / 2 ranks / batch 64 -> 4 steps per epoch: step 5 is in epoch 2
-    run = train_with_ray(cfg, workers=2, max_failures=1, fail_at={"rank": 1, "step": 5, "marker": str(marker)})
+    run = train_with_ray(cfg, workers=2, max_failures=1, step_hook=ExitOnce(1, 5, str(marker)))
     assert json.loads(marker.read_text())["step"] == 5  # the worker really died once
     restores = [json.loads(x) for x in (run / "ray_restores.jsonl").read_text().splitlines()]
     assert restores and restores[0]["epoch"] == 1  # restarted from the epoch-1 checkpoint, not from scratch
@@ -109,7 +110,7 @@ def test_sdim_two_workers_killed_worker_resumes_and_loss_decreases(ray_session: 
 def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> None:
     """The Ray worker's task wrapper (no Ray needed): shipped configs set train.bucket_by_length, so
     it must reach a next-item task (same batches as the task's own bucketed epoch, padded to the
-    equal step count) and be refused by name for a CTR task."""
+    equal step count), and to a CTR task alike (both tasks implement the TrainTask protocol)."""
     import torch
 
     from pipelines.train_job import _EqualSteps
@@ -124,9 +125,11 @@ def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> N
     assert torch.equal(got[-1]["seq"], want[-1]["seq"])  # the shorter shard repeats its last batch
     plain = list(task.train_batches(1, 16, torch.Generator().manual_seed(3)))
     assert any(not torch.equal(g["seq"], p["seq"]) for g, p in zip(got, plain))  # bucketing really applied
-    ctr = _EqualSteps(build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr")), 0, 1, 2, None)
-    with pytest.raises(ValueError, match="bucket_by_length"):
-        next(ctr.train_batches(1, 64, torch.Generator(), bucket_by_length=True))
+    ctr_task = build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr"))
+    ctr = _EqualSteps(ctr_task, 0, 1, 2, None)
+    got = list(ctr.train_batches(1, 8, torch.Generator().manual_seed(3), bucket_by_length=True))
+    want = list(ctr_task.train_batches(1, 8, torch.Generator().manual_seed(3), bucket_by_length=True))
+    assert len(got) == 2 and all(torch.equal(g["user_ids"], w["user_ids"]) for g, w in zip(got, want))
 
 
 def _teacher_of_rank(rank: int, world: int, cfg_json: str) -> dict[str, Any]:

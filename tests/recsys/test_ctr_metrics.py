@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.ctr_metrics import auc, ctr_metrics, gauc, logloss
+from recsys.eval.ctr import auc, ctr_metrics, gauc, logloss
 
 
 def _pairs_auc(y: np.ndarray, s: np.ndarray) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.eval.protocol import dataset_name
 from recsys.evaluate import PopularityModel, evaluate_run, format_metrics, popularity_metrics
 from recsys.tasks.next_item import NextItemTask
 from tests.recsys.tasks.test_next_item import markov_sequences, write_build
@@ -49,6 +50,42 @@ def test_evaluate_run_reproduces_eval_json_and_formats(tmp_path: Path) -> None:
     text = format_metrics(again)
     lines = text.splitlines()
     assert len(lines) == 2 * 2 * 9  # splits x protocols x (3 metrics x 3 ks)
-    assert all("split " in ln and "dataset build" in ln and ("full ranking" in ln or "persisted negatives" in ln)
-               for ln in lines)
+    assert again["dataset"] == dataset_name(build) and again["dataset"] != "build"
+    assert all("split " in ln and f"dataset {again['dataset']}" in ln
+               and ("full ranking" in ln or "persisted negatives" in ln) for ln in lines)
     assert np.isfinite([saved["test/full/ndcg@10"]]).all()
+
+
+def test_dataset_name_is_the_builds_own_name(tmp_path: Path) -> None:
+    """The printed dataset is the build's manifest name (or a synth description), not "build"."""
+    build = tmp_path / "movielens-small" / "build"
+    build.mkdir(parents=True)
+    assert dataset_name(build) == "movielens-small"  # no manifest: the folder above "build"
+    (build / "manifest.json").write_text(json.dumps({"name": "ml-latest-small"}))
+    assert dataset_name(build) == "ml-latest-small"
+    (build / "manifest.json").write_text(json.dumps({"source": "synth", "counts": {"users": 7}, "config_hash": "ab"}))
+    assert dataset_name(build) == "planted synth (7 users, config ab)"
+
+
+def test_ctr_evaluate_prints_full_protocol(tmp_path: Path) -> None:
+    """`recsys evaluate` on a CTR run: every line names the CTR protocol (with the history cap),
+    the split and the dataset."""
+    from recsys.data.synth import SynthConfig, generate
+    from recsys.experiment import parse_experiment, run_experiment
+
+    build = tmp_path / "planted" / "build"
+    generate(SynthConfig(num_users=40, num_categories=10, items_per_cluster=10, length_median=40, min_length=30,
+                         max_length=60, deep_offset=5, drift_window=5, chunk_users=40), build)
+    cfg = parse_experiment({
+        "name": "c", "task": "ctr", "data": {"build_dir": str(build)},
+        "model": {"name": "sdim", "item_dim": 4, "cat_dim": 4}, "ctr": {"max_history": 30},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 0.01}, "output_dir": str(tmp_path / "runs"), "seed": 0,
+    })
+    run_dir = run_experiment(cfg)
+    result = evaluate_run(run_dir)
+    lines = format_metrics(result).splitlines()
+    assert len(lines) == 2 * 3  # splits x (auc, gauc, logloss)
+    assert result["dataset"].startswith("planted synth (40 users")
+    assert all("[ctr: CTR impressions" in ln and "30 most recent" in ln and f"dataset {result['dataset']}" in ln
+               for ln in lines), lines
+    assert "ctr:\n  max_history: 30" in (run_dir / "config.yaml").read_text()

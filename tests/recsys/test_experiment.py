@@ -48,11 +48,37 @@ def test_config_errors_name_the_field(build: Path, tmp_path: Path) -> None:
 
 
 def test_model_task_mismatch(build: Path, tmp_path: Path) -> None:
-    from recsys.experiment import build_task
+    """A model of the other task is refused when the experiment is read, before any data is loaded."""
+    with pytest.raises(ConfigError, match="next_item model but task is 'ctr'"):
+        _cfg(build, tmp_path, task="ctr")
 
-    cfg = _cfg(build, tmp_path, task="ctr")
-    with pytest.raises(ValueError, match="next_item model but task is 'ctr'"):
-        build_task(cfg)
+
+def test_model_config_is_typed(build: Path, tmp_path: Path) -> None:
+    """`model` is the model's own pydantic config (discriminated on name), not a mapping."""
+    from recsys.models.sasrec import SASRecConfig
+
+    from recsys.experiment import build_task
+    from recsys.tasks.base import TrainTask
+
+    cfg = _cfg(build, tmp_path)
+    assert isinstance(cfg.model, SASRecConfig) and cfg.model.dim == 16 and cfg.model.name == "sasrec"
+    assert cfg.ctr is None and cfg.history_cap() == 8
+    assert isinstance(build_task(cfg), TrainTask)
+
+
+def test_ctr_section_history_cap(build: Path, tmp_path: Path) -> None:
+    """CTR experiments get a typed `ctr:` section (default cap 2000, recorded in the run's config);
+    a DARE/TWIN/DIN max_position below the cap is refused, and next-item runs take no ctr section."""
+    dare = {"name": "dare", "max_position": 500}
+    with pytest.raises(ConfigError, match="max_position.*500.*max_history 2000"):
+        _cfg(build, tmp_path, task="ctr", model=dare)
+    cfg = _cfg(build, tmp_path, task="ctr", model=dare, ctr={"max_history": 500})
+    assert cfg.ctr.max_history == 500 and cfg.history_cap() == 500
+    assert _cfg(build, tmp_path, task="ctr", model={"name": "sdim"}).ctr.max_history == 2000
+    with pytest.raises(ConfigError, match="ctr"):
+        _cfg(build, tmp_path, ctr={"max_history": 100})
+    with pytest.raises(ConfigError, match="ctr.max_history"):
+        _cfg(build, tmp_path, task="ctr", model={"name": "sdim"}, ctr={"max_history": 0})
 
 
 def test_bucketing_with_batch_mean_loss_warns(build: Path, tmp_path: Path, caplog) -> None:
@@ -135,8 +161,12 @@ def test_build_task_shards_ctr_train_samples_by_rank(tmp_path: Path) -> None:
     build = tmp_path / "synth"
     assert main(["data", "synth", "--users", "24", "--max-len", "160", "--min-len", "120", "--median-len", "130",
                  "--seed", "0", "--chunk-users", "8", "--output", str(build)]) == 0
-    cfg = _cfg(build, tmp_path, task="ctr", model={"name": "din", "item_dim": 4, "cat_dim": 4})
+    from recsys.tasks.base import TrainTask
+
+    cfg = _cfg(build, tmp_path, task="ctr", model={"name": "din", "item_dim": 4, "cat_dim": 4},
+               ctr={"max_history": 100})
     full = build_task(cfg)
+    assert isinstance(full, TrainTask) and full.max_history == 100  # the ctr section reaches the task
     shards = [build_task(cfg, rank=r, world_size=3) for r in range(3)]
     for split in ("train", "valid", "test"):  # the planted parts are user ranges, read in order
         got = np.concatenate([t.splits[split].user_ids for t in shards])

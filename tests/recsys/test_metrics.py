@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recsys.metrics import metric_sums, rank_of_target, ranking_metrics
+from recsys.eval.ranking import metric_sums, rank_of_target, ranking_metrics
 
 
 def test_rank_simple_no_ties() -> None:

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recsys.ctr_metrics import ctr_metrics
 from recsys.data import layout, schema
+from recsys.eval.ctr import ctr_metrics
 from recsys.data.sequences import JaggedSequences
 from recsys.data.synth import SynthConfig, generate
 from recsys.tasks.base import TrainTask
@@ -90,9 +90,15 @@ def test_shuffle_from_generator_and_shards(build: Path) -> None:
     assert len(a) == task.num_train_batches(32) and all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert sorted(torch.cat(a).tolist()) == sorted(task.train.items.tolist())
-    bucketed = CTRTask(build, max_history=MAX_HISTORY, bucket_batches=4)
-    got = np.sort(np.concatenate(bucketed.train_order(32, torch.Generator().manual_seed(5))))
+    bucketed = CTRTask(build, max_history=MAX_HISTORY, bucket_pool=4)
+    order = bucketed.train_order(32, torch.Generator().manual_seed(5), bucket_by_length=True)
+    got = np.sort(np.concatenate(order))
     np.testing.assert_array_equal(got, np.arange(len(bucketed.train)))
+    # bucketing by length: less padding than the plain shuffle (same samples, same batch count)
+    lengths = np.minimum(bucketed.train.prefix, MAX_HISTORY)
+    plain = bucketed.train_order(32, torch.Generator().manual_seed(5))
+    assert len(order) == len(plain)
+    assert sum(lengths[o].max() * len(o) for o in order) < sum(lengths[o].max() * len(o) for o in plain)
     # a rank reads its parts (a hash re-partition of the same rows): ranks hold disjoint users and
     # together every train sample once
     parted = repartition(build, build.parent / "ctr_parts", 5)

@@ -128,3 +128,10 @@ def ctr_metrics(user_ids: Any, labels: Any, logits: Any) -> dict[str, float]:
     z = _np(logits, "logits")
     probs = 1.0 / (1.0 + np.exp(-z))
     return {"auc": auc(labels, z), "gauc": gauc(user_ids, labels, z), "logloss": logloss(labels, probs)}
+
+
+def bce_with_logits(logits: Any, labels: Any, eps: float = 1e-7) -> np.ndarray:
+    """Per-sample logloss of sigmoid(logit), probabilities clipped to [eps, 1-eps] as in `logloss`."""
+    p = np.clip(1.0 / (1.0 + np.exp(-_np(logits, "logits"))), eps, 1.0 - eps)
+    y = _np(labels, "labels")
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
@@ -66,3 +67,20 @@ def finalize(sums: dict[str, float], count: int) -> dict[str, float]:
 def ranking_metrics(ranks: torch.Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Mean hr@k / ndcg@k / mrr@k over the given 0-based ranks."""
     return finalize(metric_sums(ranks, ks), int(ranks.numel()))
+
+
+RANK_METRICS = ("hr", "ndcg", "mrr")
+
+
+def rank_metric_values(ranks: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """Per-user HR@k / NDCG@k / MRR@k (numpy) from 0-based ranks of the single relevant item: the
+    per-user values whose mean is `ranking_metrics` and which the report bootstraps."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    hit = ranks < k
+    if metric == "hr":
+        return hit.astype(np.float64)
+    if metric == "ndcg":
+        return np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+    if metric == "mrr":
+        return np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+    raise ValueError(f"metric: unknown rank metric {metric!r}; known: {RANK_METRICS}")
