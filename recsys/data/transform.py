@@ -22,14 +22,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.artifacts import library_versions, write_manifest
-from recsys.config import config_hash
 from recsys.data import schema
-from recsys.data.build_config import BuildConfig, resolved_source
+from recsys.data.build_config import BuildConfig
 from recsys.data.ctr_samples import build_ctr_samples
 from recsys.data.negatives import eval_negatives
-from recsys.data.readers import read_events
-from recsys.data.validate import Validated
 from recsys.data.vocab import Vocabulary, write_vocabularies
 
 log = logging.getLogger(__name__)
@@ -154,25 +150,26 @@ def transform(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, Glob
 # ---------------------------------------------------------------- writing
 
 
-def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
     """Deterministic parquet: one chunk, fixed writer settings (byte-identical for equal tables)."""
-    table: pa.Table = df.to_arrow().combine_chunks()
-    # polars exports large_list/large_string; the contract uses plain Arrow types
+    table: pa.Table = (df.to_arrow() if isinstance(df, pl.DataFrame) else df).combine_chunks()
+    # polars exports large_list/large_string/string_view; the contract uses plain Arrow types
     fields = []
     for f in table.schema:
         t = f.type
-        if pa.types.is_large_list(t):
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
             v = t.value_type
-            t = pa.list_(pa.string() if pa.types.is_large_string(v) else v)
-        elif pa.types.is_large_string(t):
+            t = pa.list_(pa.string() if (pa.types.is_large_string(v) or pa.types.is_string_view(v)) else v)
+        elif pa.types.is_large_string(t) or pa.types.is_string_view(t):
             t = pa.string()
         fields.append(pa.field(f.name, t, nullable=f.nullable))
     table = table.cast(pa.schema(fields))
     pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20)
 
 
-def length_stats(seqs: pl.DataFrame) -> dict[str, float]:
-    lengths = seqs[schema.SEQ_ITEMS].list.len().to_numpy()
+def length_stats(lengths: np.ndarray) -> dict[str, float]:
+    """Summary of per-user sequence lengths (for the manifest)."""
+    lengths = np.asarray(lengths)
     if lengths.size == 0:
         return {"mean": 0.0, "median": 0.0, "p90": 0.0, "max": 0}
     return {
@@ -182,47 +179,6 @@ def length_stats(seqs: pl.DataFrame) -> dict[str, float]:
         "max": int(lengths.max()),
         "min": int(lengths.min()),
     }
-
-
-def write_build(out: Path, tables: BuildTables, stats: GlobalStats, validated: Validated, cfg: BuildConfig,
-                engine: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    write_vocabularies(stats.vocabs, out)
-    _write_parquet(tables.sequences, out / schema.SEQUENCES_FILE)
-    _write_parquet(tables.eval_negatives, out / schema.EVAL_NEGATIVES_FILE)
-    _write_parquet(tables.ctr_samples, out / schema.CTR_SAMPLES_FILE)
-    _write_parquet(validated.rejects, out / schema.REJECTS_FILE)
-    ctr = tables.ctr_samples
-    ctr_counts = {s: int(n) for s, n in ctr.group_by(schema.SPLIT).len().sort(schema.SPLIT).iter_rows()}
-    extra = {
-        "name": cfg.name,
-        "engine": engine,
-        "seed": cfg.seed,
-        "config_hash": config_hash(cfg),
-        "config": cfg.model_dump(mode="json"),
-        "source": resolved_source(cfg).path,
-        "counts": {
-            **validated.summary(),
-            "sequences": tables.sequences.height,
-            "eval_negatives": tables.eval_negatives.height,
-            "ctr_samples": ctr.height,
-            "ctr_samples_by_split": ctr_counts,
-            "ctr_positive_labels": int(ctr[schema.LABEL].cast(pl.Int64).sum()) if ctr.height else 0,
-        },
-        "vocab_sizes": {k: len(v) for k, v in stats.vocabs.items()},
-        "length_stats": length_stats(tables.sequences),
-        "versions_data": library_versions(),
-    }
-    return write_manifest(out, extra)
-
-
-def build_polars(cfg: BuildConfig, output_dir: str | Path) -> dict:
-    """Run the whole build in this process with polars; returns the manifest."""
-    validated = read_events(resolved_source(cfg), cfg.max_reject_fraction)
-    log.info("read %d rows: kept %d, rejected %d %s", validated.read, validated.kept, validated.rejected,
-             {k: v for k, v in validated.counts.items() if v})
-    tables, stats = transform(validated.events, cfg)
-    return write_build(Path(output_dir), tables, stats, validated, cfg, engine="polars")
 
 
 def manifest_summary(manifest: dict) -> str:
