@@ -45,7 +45,7 @@ import torch
 from benchmarks.results import row, write_rows
 from recsys.config import config_hash, load_yaml
 from recsys.ctr_metrics import ctr_metrics
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.data.synth import CLICK_LOGIT, PLANTED_TRUTH_FILE, RELEVANT_POSITIONS, TARGET_KIND, SynthConfig, generate, make_world
 from recsys.models.registry import build_model, parse_model_config
@@ -136,7 +136,7 @@ def oracle_metrics(build: Path, cfg: SynthConfig, split: str = "test") -> dict[s
     taste replaced by the mean true latent of the target cluster's behaviours in the prefix (what a
     model that retrieves the relevant behaviours perfectly and knows the item latents can estimate)."""
     truth = pq.read_table(build / PLANTED_TRUTH_FILE)
-    samples = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    samples = layout.read_table(build, layout.CTR_SAMPLES)
     sel = np.flatnonzero(samples[schema.SPLIT].to_numpy(zero_copy_only=False).astype(str) == split)
     users = samples[schema.USER].to_numpy()[sel]
     labels = samples[schema.LABEL].to_numpy()[sel].astype(np.float64)
@@ -226,8 +226,9 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_yaml(args.synth, SynthConfig)
     manifest_path = args.build / "manifest.json"
-    if not manifest_path.is_file() or json.loads(manifest_path.read_text())["config"] != cfg.model_dump(mode="json"):
-        generate(cfg, args.build)  # (re)generate when absent or built from another config
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if old.get("config") != cfg.model_dump(mode="json") or "layout" not in old:
+        generate(cfg, args.build)  # (re)generate when absent, from another config or in the old layout
     manifest = json.loads(manifest_path.read_text())
     task = CTRTask(args.build, max_history=2000, eval_batch_size=256, bucket_batches=8)
     num_cats = cfg.num_categories

@@ -62,7 +62,7 @@ def gap_rows(rows: list[dict]) -> list[dict]:
 
 def ensure_build(name: str) -> Path:
     build = ROOT / DATASETS[name]
-    if not (build / "ctr_samples.parquet").is_file():
+    if not (build / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "pipelines.build", str(ROOT / f"configs/data/{name}.yaml"),
                         "--engine", "polars", "--output", str(build)], check=True, cwd=ROOT)
     return build

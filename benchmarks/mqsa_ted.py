@@ -45,7 +45,7 @@ TARGET_RATIO = 1.05
 
 def ensure_build(name: str) -> str:
     build = REPO / "runs" / name / "build"
-    if not (build / "sequences.parquet").is_file():
+    if not (build / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "recsys.cli", "data", "build", str(REPO / f"configs/data/{name}.yaml"),
                         "--engine", "polars", "--output", str(build)], check=True, cwd=REPO)
     return str(build)

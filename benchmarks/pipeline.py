@@ -70,7 +70,7 @@ def worker(engine: str, cfg_path: str, out: str, warmup_cfg: str) -> None:
         init_ray(num_cpus=2)
         run = build_ray
     else:
-        from recsys.data.transform import build_polars as run
+        from recsys.data.build_run import build_polars as run
     run(load_build_config(warmup_cfg), out + "-warmup")
     gc.collect()
     time.sleep(2.0)  # let Ray free the warm-up's objects

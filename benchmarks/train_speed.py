@@ -31,7 +31,7 @@ GAMES_BUILD = REPO / "runs" / "games" / "build"
 
 
 def ensure_games_build() -> Path:
-    if not (GAMES_BUILD / "sequences.parquet").is_file():
+    if not (GAMES_BUILD / "manifest.json").is_file():
         subprocess.run([sys.executable, "-m", "recsys.cli", "data", "build", str(REPO / "configs/data/games.yaml"),
                         "--engine", "polars", "--output", str(GAMES_BUILD)], check=True, cwd=REPO)
     return GAMES_BUILD

@@ -315,7 +315,7 @@ def next_item_ranks(model: Any, build_dir: str | Path, split: str = "test", batc
     import pyarrow.parquet as pq
     import torch
 
-    from recsys.data import schema
+    from recsys.data import layout, schema
     from recsys.data.sequences import JaggedSequences
     from recsys.metrics import rank_of_target
 
@@ -323,10 +323,10 @@ def next_item_ranks(model: Any, build_dir: str | Path, split: str = "test", batc
     seqs = JaggedSequences.read(build_dir)
     rows, ends = _eval_rows_ends(seqs.lengths, split)
     targets = seqs.items[seqs.offsets[rows] + ends]
-    negs_path = build_dir / schema.EVAL_NEGATIVES_FILE
+    negs_path = build_dir / layout.EVAL_NEGATIVES
     negatives = None
-    if negs_path.is_file():
-        t = pq.read_table(negs_path)
+    if negs_path.is_dir():
+        t = layout.read_table(build_dir, layout.EVAL_NEGATIVES)
         neg_users = t[schema.USER].to_numpy()
         neg_lists = t[schema.NEGATIVES].combine_chunks()
         neg_flat = neg_lists.values.to_numpy(zero_copy_only=False).astype(np.int64)

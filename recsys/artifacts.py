@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -81,7 +82,7 @@ def write_manifest(directory: str | Path, extra: dict[str, Any] | None = None) -
     files = {
         str(p.relative_to(directory)): sha256_file(p)
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
+        if p.is_file() and p.name not in (MANIFEST_FILE, MANIFEST_FILE + ".tmp")
     }
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -90,7 +91,10 @@ def write_manifest(directory: str | Path, extra: dict[str, Any] | None = None) -
         "files": files,
         **(extra or {}),
     }
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    # atomic: a reader sees the old state or the whole new manifest, never half of one
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, directory / MANIFEST_FILE)
     return manifest
 
 

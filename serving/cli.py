@@ -3,7 +3,7 @@
 
 MODEL_DIR is a run directory; its task (config.yaml) says whether it is the CTR model or the
 retrieval (next-item) model. The store is bootstrapped from the CTR model's build
-(sequences.parquet) unless --no-bootstrap; users that already have events are left alone.
+(its `sequences/` parts) unless --no-bootstrap; users that already have events are left alone.
 Write/admin endpoints need a bearer token: --config `token`, or $RECSYS_SERVING_TOKEN; if neither
 is set a random token is generated and printed once at start-up.
 """
@@ -39,7 +39,7 @@ def run_task(model_dir: Path) -> str:
 def build_dir_of(model_dir: Path) -> Path | None:
     data = (yaml.safe_load((model_dir / "config.yaml").read_text()) or {}).get("data") or {}
     path = data.get("build_dir")
-    return Path(path) if path and (Path(path) / "sequences.parquet").is_file() else None
+    return Path(path) if path and (Path(path) / "manifest.json").is_file() else None
 
 
 def settings_from_args(args: argparse.Namespace) -> ServingSettings:
@@ -83,7 +83,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--store", help="sqlite:PATH (default sqlite:serving_state.sqlite3) or redis://host:port/db")
-    parser.add_argument("--bootstrap", help="build directory whose sequences.parquet seeds the store (default: the CTR model's build)")
+    parser.add_argument("--bootstrap", help="build directory whose sequences seed the store (default: the CTR model's build)")
     parser.add_argument("--no-bootstrap", action="store_true", help="do not seed the store")
     parser.add_argument("--ray", action="store_true", help="serve with Ray Serve (replicas share a Redis store)")
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")

@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from recsys.artifacts import INDEX_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file
-from recsys.data import schema
+from recsys.data import layout, schema
 from serving.store.base import History
 
 State = dict[str, torch.Tensor]
@@ -74,19 +74,18 @@ def item_category_map(build_dir: Path | None, num_items: int) -> np.ndarray:
     out = np.zeros(num_items + 1, dtype=np.int64)
     if build_dir is None:
         return out
-    path = Path(build_dir) / schema.SEQUENCES_FILE
-    if not path.is_file():
+    if not (Path(build_dir) / schema.MANIFEST_FILE).is_file():
         return out
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(str(path)).names
-    if schema.SEQ_CATEGORIES not in names:
+    files = layout.table_files(build_dir, layout.SEQUENCES)
+    if schema.SEQ_CATEGORIES not in pq.read_schema(str(files[0])).names:
         return out
-    t = pq.read_table(str(path), columns=[schema.SEQ_ITEMS, schema.SEQ_CATEGORIES])
-    items = t[schema.SEQ_ITEMS].combine_chunks().flatten().to_numpy()
-    cats = t[schema.SEQ_CATEGORIES].combine_chunks().flatten().to_numpy()
-    ok = (items > 0) & (items <= num_items)
-    out[items[ok]] = cats[ok]
+    for _, t in layout.iter_parts(build_dir, layout.SEQUENCES, columns=[schema.SEQ_ITEMS, schema.SEQ_CATEGORIES]):
+        items = t[schema.SEQ_ITEMS].combine_chunks().flatten().to_numpy()
+        cats = t[schema.SEQ_CATEGORIES].combine_chunks().flatten().to_numpy()
+        ok = (items > 0) & (items <= num_items)
+        out[items[ok]] = cats[ok]
     return out
 
 

@@ -40,7 +40,7 @@ class ServingSettings(StrictModel):
     ctr_model_dir: Path | None = None
     retrieval_model_dir: Path | None = None
     store: str = "sqlite:serving_state.sqlite3"  # sqlite:PATH or redis://host:port/db
-    bootstrap_build_dir: Path | None = None  # load sequences.parquet into an empty store at start-up
+    bootstrap_build_dir: Path | None = None  # load the build's sequences into an empty store at start-up
     max_history: int = Field(10_000, ge=1)  # events kept per user (oldest evicted)
     #: /v1/events idempotency window: an event_id deduplicates retries for this many seconds after
     #: its first append (then it is forgotten, bounding the store); None = forever

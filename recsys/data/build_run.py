@@ -35,7 +35,7 @@ from recsys.data.vocab import Vocabulary, write_vocabularies
 
 log = logging.getLogger(__name__)
 OWNED = (*layout.PER_USER_TABLES, REJECTS_DIR, schema.VOCAB_DIR, TMP_DIR)
-OLD_FILES = (schema.SEQUENCES_FILE, schema.EVAL_NEGATIVES_FILE, schema.CTR_SAMPLES_FILE, schema.REJECTS_FILE)
+OLD_FILES = ("sequences.parquet", "eval_negatives.parquet", "ctr_samples.parquet", "rejects.parquet")
 
 
 def prepare_output(out: Path) -> None:

@@ -7,10 +7,11 @@ A build directory holds each per-user table as a folder of parquet parts:
     ctr_samples/part-00000.parquet ...
 
 Part `p` of every table holds the same users: those with `part_of(raw user, P) == p` for a hash
-build (`splitmix64(RAW user id) % P`: the raw id, so the build knows an event's part when it reads
-it, before the vocabulary exists; vocab/users.parquet maps dense ids back to raw ids), or a
-contiguous user range for the synthetic generator. Rows in a
-part are sorted by dense user id (CTR samples: by user, then in generated order). Every part
+build (`splitmix64(RAW user id) % P`: the raw id, so the streaming build knows an event's part
+when it reads it, before the vocabulary exists; vocab/users.parquet maps dense ids back to raw
+ids; `user_parts` finds the part of a dense user), or a contiguous user range for the planted generator. Rows of a
+hash part are sorted by dense user id (CTR samples: by user, then in generated order); a planted
+chunk keeps its generated row order (its users ascend from chunk to chunk). Every part
 exists, even an empty one, so a reader never has to tell "empty" from "missing". The manifest's
 `layout` entry records the part count; a reader checks it against the files on disk.
 
@@ -25,6 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -46,7 +48,8 @@ def part_name(part: int) -> str:
 def part_of(raw_users: np.ndarray, num_parts: int) -> np.ndarray:
     """Hash partition of RAW user ids (int64): `splitmix64(user) % num_parts` (balanced, order-free)."""
     with np.errstate(over="ignore"):
-        return (splitmix64(np.asarray(raw_users).astype(np.int64).view(np.uint64)) % np.uint64(num_parts)).astype(np.int64)
+        h = splitmix64(np.asarray(raw_users).astype(np.int64).view(np.uint64))
+        return (h % np.uint64(num_parts)).astype(np.int64)
 
 
 def worker_parts(rank: int, world_size: int, num_parts: int) -> list[int]:
@@ -88,18 +91,32 @@ def table_files(build_dir: str | Path, table: str, parts: list[int] | None = Non
 
 def read_table(build_dir: str | Path, table: str, parts: list[int] | None = None,
                columns: list[str] | None = None, sort_by_user: bool = True) -> pa.Table:
-    """`table` for `parts` as one Arrow table. With `sort_by_user` (default) rows are stably
-    ordered by dense user id, which is the order of the whole table whatever the part count."""
+    """`table` for `parts` as one Arrow table, the same whatever the part count. With
+    `sort_by_user` (default), rows of hash parts (whose user ranges interleave) are stably merged
+    into dense user order; parts that hold ascending, disjoint user ranges (the generator's
+    chunks) are simply concatenated, keeping each part's row order."""
     files = table_files(build_dir, table, parts)
     if not files:
         raise ValueError(f"{table}: no parts asked for (a worker needs at least one part; "
                          f"build with at least as many parts as workers)")
     tabs = [pq.read_table(str(f), columns=columns) for f in files]
     out = pa.concat_tables(tabs)
-    if sort_by_user and len(tabs) > 1 and schema.USER in out.column_names:
+    if sort_by_user and len(tabs) > 1 and schema.USER in out.column_names and not _ranges_ascend(tabs):
         order = np.argsort(out[schema.USER].to_numpy(), kind="stable")
         out = out.take(pa.array(order))
     return out
+
+
+def _ranges_ascend(tabs: list[pa.Table]) -> bool:
+    """True when every non-empty part's users all lie above the previous part's users."""
+    last = -1
+    for t in tabs:
+        if t.num_rows:
+            users = t[schema.USER].to_numpy()
+            if users.min() <= last:
+                return False
+            last = int(users.max())
+    return True
 
 
 def iter_parts(build_dir: str | Path, table: str, parts: list[int] | None = None,
@@ -108,3 +125,50 @@ def iter_parts(build_dir: str | Path, table: str, parts: list[int] | None = None
     parts = list(range(num_parts(build_dir))) if parts is None else parts
     for p, f in zip(parts, table_files(build_dir, table, parts)):
         yield p, pq.read_table(str(f), columns=columns)
+
+
+def user_parts(build_dir: str | Path, users: np.ndarray) -> np.ndarray:
+    """The part that holds each dense user of `users` in a build (-1 for a user not in it),
+    looked up from the sequence parts, so it holds for any partition rule."""
+    users = np.asarray(users, dtype=np.int64)
+    out = np.full(users.shape, -1, dtype=np.int64)
+    for p, t in iter_parts(build_dir, SEQUENCES, columns=[schema.USER]):
+        out[np.isin(users, t[schema.USER].to_numpy())] = p
+    return out
+
+
+
+# ---------------------------------------------------------------- writing
+
+
+def plain_arrow(df: pl.DataFrame | pa.Table) -> pa.Table:
+    """One-chunk Arrow table with the contract's plain types (polars exports large_list/large_string)."""
+    table: pa.Table = (df.to_arrow() if isinstance(df, pl.DataFrame) else df).combine_chunks()
+    fields = []
+    for f in table.schema:
+        t = f.type
+        if pa.types.is_large_list(t):
+            v = t.value_type
+            t = pa.list_(pa.string() if pa.types.is_large_string(v) else v)
+        elif pa.types.is_large_string(t):
+            t = pa.string()
+        fields.append(pa.field(f.name, t, nullable=f.nullable))
+    return table.cast(pa.schema(fields))
+
+
+def write_part(df: pl.DataFrame | pa.Table, path: str | Path) -> None:
+    """Deterministic parquet: fixed writer settings, so equal tables give equal bytes."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(plain_arrow(df), str(path), compression="zstd", row_group_size=1 << 20)
+
+
+def write_partitioned(out: str | Path, table: str, df: pl.DataFrame, parts: np.ndarray, count: int) -> None:
+    """Write `df` (rows in user order) as `count` parts of `table`; `parts[r]` is row r's part.
+    Every part is written, an empty one too, and rows keep their order inside a part."""
+    for p in range(count):
+        write_part(df.filter(pl.Series(parts == p)), Path(out) / table / part_name(p))
+
+
+def layout_entry(count: int, partition: str) -> dict[str, object]:
+    """The manifest's `layout` entry: part count and how users were assigned to parts."""
+    return {"num_parts": count, "tables": list(PER_USER_TABLES), "partition": partition}

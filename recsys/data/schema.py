@@ -7,17 +7,19 @@ Events (input, after a reader):
 Build outputs (one directory, written by `recsys data build`):
     vocab/users.parquet, vocab/items.parquet, vocab/categories.parquet
         raw_id int64 -> id int64 (dense 1..N; 0 is padding and never assigned)
-    sequences.parquet   one row per user, sorted by user_id:
+    Per-user tables are folders of parquet parts (recsys/data/layout.py): part p of every table holds
+    the same users, rows sorted by user inside a part; `layout.read_table` reads them in user order.
+    sequences/          one row per user:
         user_id int64 (dense), items list<int64>, times list<int64>,
         categories list<int64> (when present), event_types list<string> (when present)
         each list time-ordered; ties keep input order.
-    eval_negatives.parquet   user_id, negatives list<int64>: NUM_EVAL_NEGATIVES items the user never
+    eval_negatives/     user_id, negatives list<int64>: NUM_EVAL_NEGATIVES items the user never
         interacted with, drawn once with the build seed (the sampled-100 protocol).
-    ctr_samples.parquet   split string (train/valid/test), user_id, prefix_length int32
+    ctr_samples/        split string (train/valid/test), user_id, prefix_length int32
         (history = items[:prefix_length]), item_id, category_id (when present), label int8.
     rejects.parquet   reason string, line int64, raw string: every input row that was not kept.
-    manifest.json     counts (read = kept + rejected, per reason), vocabulary sizes, length stats,
-        config hash, versions, file checksums.
+    manifest.json     written last (a build without it is unfinished): counts (read = kept + rejected, per reason), vocabulary sizes, length stats,
+        config hash, versions, file checksums, `layout` (part count and how users were assigned).
 
 Leave-one-out (next-item): per user, items[-1] is test, items[-2] validation, items[:-2] train;
 users with fewer than 3 items keep everything in train and are not evaluated.
@@ -56,9 +58,6 @@ VOCAB_DIR = "vocab"
 USERS_VOCAB = "users.parquet"
 ITEMS_VOCAB = "items.parquet"
 CATEGORIES_VOCAB = "categories.parquet"
-SEQUENCES_FILE = "sequences.parquet"
-EVAL_NEGATIVES_FILE = "eval_negatives.parquet"
-CTR_SAMPLES_FILE = "ctr_samples.parquet"
 REJECTS_FILE = "rejects.parquet"
 MANIFEST_FILE = "manifest.json"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data import schema
+from recsys.data import layout, schema
 
 
 def _jagged(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +68,9 @@ class JaggedSequences:
         )
 
     @classmethod
-    def read(cls, build_dir: str | Path) -> "JaggedSequences":
-        return cls.from_table(pq.read_table(Path(build_dir) / schema.SEQUENCES_FILE))
+    def read(cls, build_dir: str | Path, parts: list[int] | None = None) -> "JaggedSequences":
+        """The sequences of `parts` of a build (default: all), in dense user order."""
+        return cls.from_table(layout.read_table(build_dir, layout.SEQUENCES, parts))
 
     def windows(
         self,

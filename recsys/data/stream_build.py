@@ -40,7 +40,7 @@ from recsys.data import layout, schema
 from recsys.data.build_config import BuildConfig
 from recsys.data.chunks import ORDER_SHIFT, Chunk, read_chunk
 from recsys.data.readers.base import SourceConfig
-from recsys.data.transform import ORDER, GlobalStats, encode, group_sequences, user_outputs, write_parquet
+from recsys.data.transform import ORDER, GlobalStats, encode, group_sequences, user_outputs
 from recsys.data.validate import REASONS, check_rows, duplicate_mask, duplicate_raw
 
 TMP_DIR = "_tmp"
@@ -66,11 +66,11 @@ class LocalExecutor:
 
 def write_atomic(df: pl.DataFrame | pa.Table, path: Path, final: bool = False) -> None:
     """Write parquet under a temporary name, then rename: a killed writer leaves no partial file
-    under `path`. `final` outputs use the deterministic writer settings of transform.write_parquet."""
+    under `path`. `final` outputs use the deterministic writer of layout.write_part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     if final:
-        write_parquet(df, tmp)
+        layout.write_part(df, tmp)
     else:
         table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
         pq.write_table(table, str(tmp), compression="zstd", compression_level=1)

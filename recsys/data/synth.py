@@ -45,6 +45,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from recsys.config import ConfigError, StrictModel, config_hash, parse_config, read_yaml
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.vocab import Vocabulary, write_vocabularies
 
 log = logging.getLogger(__name__)
@@ -390,33 +391,35 @@ def _sha256(path: Path) -> str:
 
 
 def generate(cfg: SynthConfig, output: str | Path) -> dict:
-    """Write a complete build directory (schema.py layout + planted_truth.parquet) to `output`;
+    """Write a complete build directory (recsys/data/layout.py parts, one per chunk of users, + planted_truth.parquet) to `output`;
     returns the manifest."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    (out / schema.MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until the new manifest is written
+    for name in layout.PER_USER_TABLES:
+        shutil.rmtree(out / name, ignore_errors=True)
     world = make_world(cfg)
     write_vocabularies({
         "users": Vocabulary(np.arange(1, cfg.num_users + 1)),
         "items": Vocabulary(np.arange(1, cfg.num_items + 1)),
         "categories": Vocabulary(np.arange(1, cfg.num_categories + 1)),
     }, out)
-    files = {
-        schema.SEQUENCES_FILE: None, schema.CTR_SAMPLES_FILE: None,
-        PLANTED_TRUTH_FILE: None, schema.EVAL_NEGATIVES_FILE: None,
-    }
     writers: dict[str, pq.ParquetWriter] = {}
     lengths: list[np.ndarray] = []
     counts = {"events": 0, "samples": {s: 0 for s in SPLIT_OFFSETS}, "clicks": {s: 0 for s in SPLIT_OFFSETS},
               "target_kind": {k: 0 for k in KINDS}}
+    starts = range(0, cfg.num_users, cfg.chunk_users)
     try:
-        for c, start in enumerate(range(0, cfg.num_users, cfg.chunk_users)):
+        for c, start in enumerate(starts):
             ids = np.arange(start + 1, min(start + cfg.chunk_users, cfg.num_users) + 1)
             chunk = generate_chunk(world, ids, c)
-            for name, table in ((schema.SEQUENCES_FILE, chunk.sequences), (schema.CTR_SAMPLES_FILE, chunk.samples),
-                                (PLANTED_TRUTH_FILE, chunk.truth), (schema.EVAL_NEGATIVES_FILE, chunk.negatives)):
-                if name not in writers:
-                    writers[name] = pq.ParquetWriter(str(out / name), table.schema)
-                writers[name].write_table(table)
+            # one part per chunk of users (contiguous user ranges, in user order)
+            for name, table in ((layout.SEQUENCES, chunk.sequences), (layout.CTR_SAMPLES, chunk.samples),
+                                (layout.EVAL_NEGATIVES, chunk.negatives)):
+                layout.write_part(table, out / name / layout.part_name(c))
+            if PLANTED_TRUTH_FILE not in writers:
+                writers[PLANTED_TRUTH_FILE] = pq.ParquetWriter(str(out / PLANTED_TRUTH_FILE), chunk.truth.schema)
+            writers[PLANTED_TRUTH_FILE].write_table(chunk.truth)
             lengths.append(chunk.lengths)
             counts["events"] += int(chunk.lengths.sum())
             sp = chunk.samples[schema.SPLIT].to_numpy(zero_copy_only=False)
@@ -443,9 +446,12 @@ def generate(cfg: SynthConfig, output: str | Path) -> dict:
                          "p90": float(np.percentile(all_len, 90)), "p99": float(np.percentile(all_len, 99)),
                          "max": int(all_len.max())},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__},
-        "files": {name: _sha256(out / name) for name in files},
+        "layout": layout.layout_entry(len(starts), f"contiguous user ranges of chunk_users={cfg.chunk_users}"),
+        "files": {str(f.relative_to(out)): _sha256(f) for f in sorted(out.rglob("*.parquet"))},
     }
-    (out / schema.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp = out / (schema.MANIFEST_FILE + ".tmp")  # written last and atomically: a crash leaves no manifest
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(out / schema.MANIFEST_FILE)
     return manifest
 
 

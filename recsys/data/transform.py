@@ -1,13 +1,13 @@
-"""The whole build transformation in one process with polars: the reference implementation.
+"""The build's per-user transformation steps (polars), shared by both engines of the streaming build.
 
     events (validated, raw ids) -> vocabularies (dense 1..N by sorted raw id)
       -> encode -> per-user sequences (stable sort on (user, timestamp, input order))
       -> eval_negatives (uniform, never in the user's sequence) and ctr_samples
-      -> parquet outputs + manifest.json
 
-The step functions here are also what each Ray bucket runs (pipelines/build.py): per-user results
-depend only on the user's own events and on the global statistics in `GlobalStats` (vocabularies,
-item popularity, item -> category), so the Ray pipeline reproduces these tables exactly.
+Per-user results depend only on the user's own events and on the global statistics in
+`GlobalStats` (vocabularies, item popularity, item -> category), so running them per user bucket
+(recsys/data/stream_build.py) gives the same rows as running them on all users at once
+(`transform`, the in-memory form kept for tests and small inputs).
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recsys.data import schema
 from recsys.data.build_config import BuildConfig
 from recsys.data.ctr_samples import build_ctr_samples
 from recsys.data.negatives import eval_negatives
-from recsys.data.vocab import Vocabulary, write_vocabularies
+from recsys.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 ORDER = "order"  # input order of an event (ties in time keep it)
@@ -148,23 +145,6 @@ def transform(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, Glob
 
 
 # ---------------------------------------------------------------- writing
-
-
-def write_parquet(df: pl.DataFrame | pa.Table, path: Path) -> None:
-    """Deterministic parquet: one chunk, fixed writer settings (byte-identical for equal tables)."""
-    table: pa.Table = (df.to_arrow() if isinstance(df, pl.DataFrame) else df).combine_chunks()
-    # polars exports large_list/large_string/string_view; the contract uses plain Arrow types
-    fields = []
-    for f in table.schema:
-        t = f.type
-        if pa.types.is_large_list(t) or pa.types.is_list(t):
-            v = t.value_type
-            t = pa.list_(pa.string() if (pa.types.is_large_string(v) or pa.types.is_string_view(v)) else v)
-        elif pa.types.is_large_string(t) or pa.types.is_string_view(t):
-            t = pa.string()
-        fields.append(pa.field(f.name, t, nullable=f.nullable))
-    table = table.cast(pa.schema(fields))
-    pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20)
 
 
 def length_stats(lengths: np.ndarray) -> dict[str, float]:

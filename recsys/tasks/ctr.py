@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.tasks.base import Batch
 
@@ -62,11 +62,11 @@ class SplitSamples:
 
 
 def read_ctr_samples(build_dir: Path, seqs: JaggedSequences, num_items: int | None = None) -> dict[str, SplitSamples]:
-    """ctr_samples.parquet -> per-split arrays; every bad row is an error naming the column."""
-    path = build_dir / schema.CTR_SAMPLES_FILE
-    if not path.is_file():
+    """The build's ctr_samples parts -> per-split arrays; every bad row is an error naming the column."""
+    path = build_dir / layout.CTR_SAMPLES
+    if not path.is_dir():
         raise FileNotFoundError(f"CTR samples not found: {path} (build the dataset with CTR samples first)")
-    table = pq.read_table(str(path))
+    table = layout.read_table(build_dir, layout.CTR_SAMPLES)
     for col in (schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM, schema.LABEL):
         if col not in table.column_names:
             raise ValueError(f"{path}: missing column {col!r}")

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.losses import LossConfig
 from recsys.metrics import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
@@ -206,10 +206,10 @@ class NextItemTask:
     def eval_negatives(self) -> np.ndarray:
         """[U, 100] persisted sampled-100 negatives per sequences row (-1 = none), read once."""
         if self._negatives is None:
-            path = self.build_dir / schema.EVAL_NEGATIVES_FILE
-            if not path.is_file():
+            path = self.build_dir / layout.EVAL_NEGATIVES
+            if not path.is_dir():
                 raise FileNotFoundError(f"{path} not found: the sampled-100 protocol needs it")
-            table = pq.read_table(str(path))
+            table = layout.read_table(self.build_dir, layout.EVAL_NEGATIVES)
             for col in (schema.USER, schema.NEGATIVES):
                 if col not in table.column_names:
                     raise ValueError(f"{path}: missing column {col!r}")

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 
 import pytest
 
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.build_config import BuildConfig, CtrConfig
 from recsys.data.readers import SourceConfig
-from recsys.data.transform import build_polars
+from recsys.data.build_run import build_polars
 
 pytestmark = pytest.mark.ray
-TABLES = [schema.SEQUENCES_FILE, schema.EVAL_NEGATIVES_FILE, schema.CTR_SAMPLES_FILE, schema.REJECTS_FILE,
-          f"{schema.VOCAB_DIR}/{schema.USERS_VOCAB}", f"{schema.VOCAB_DIR}/{schema.ITEMS_VOCAB}"]
+TABLES = [f"{t}/{layout.part_name(p)}" for t in layout.PER_USER_TABLES for p in range(4)] + [
+    *[f"rejects/{layout.part_name(p)}" for p in range(4)], f"{schema.VOCAB_DIR}/{schema.USERS_VOCAB}", f"{schema.VOCAB_DIR}/{schema.ITEMS_VOCAB}"]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,16 @@ def test_cli_ray_label_column_equals_polars(ray_session, shared_data: Path, tmp_
     for engine in ("ray", "polars"):
         args = parser.parse_args([str(cfg_path), "--output", str(tmp_path / engine), "--engine", engine])
         assert args.func(args) == 0
-    _same_files(tmp_path / "ray", tmp_path / "polars", TABLES)
+    n = layout.num_parts(tmp_path / "ray")
+    assert n == layout.num_parts(tmp_path / "polars") == 8
+    _same_files(tmp_path / "ray", tmp_path / "polars", [f"{t}/{layout.part_name(p)}" for t in layout.PER_USER_TABLES
+                                                         for p in range(n)] + TABLES[-3:])
     m = json.loads((tmp_path / "ray" / schema.MANIFEST_FILE).read_text())
     assert m["counts"]["read"] == m["counts"]["kept"] == 100_836
     # movielens-small.yaml: eval_targets = 10 test impressions for each of the 610 users (all have >= 20 ratings)
     assert m["counts"]["ctr_samples_by_split"]["test"] == 610 * 10
     # valid = indices [T-20, T-10); index 0 has no history (min_history 1), so users with exactly 20 ratings give 9
-    lengths = np.diff(pq.read_table(tmp_path / "ray" / schema.SEQUENCES_FILE)[schema.SEQ_ITEMS].combine_chunks().offsets.to_numpy())
+    lengths = np.diff(layout.read_table(tmp_path / "ray", layout.SEQUENCES)[schema.SEQ_ITEMS].combine_chunks().offsets.to_numpy())
     assert m["counts"]["ctr_samples_by_split"]["valid"] == 610 * 10 - int((lengths == 20).sum())
 
 

@@ -140,12 +140,13 @@ def test_planted_retrieval_section_matches_brute_force(runs: list[Path]) -> None
     """The planted-truth section end to end: TWIN-hard's search (the k most recent same-category
     behaviours, then the most recent others; defined without learned weights) through
     `retrieval_indices` and the report's slot -> position mapping equals NDCG@k / recall@k computed
-    here straight from sequences.parquet, ctr_samples.parquet and planted_truth.parquet (recall@10
+    here straight from the build's sequences, ctr_samples and planted_truth.parquet (recall@10
 is 1.0 on this build: its same-category behaviours are the planted ones)."""
     import types
 
     import pyarrow.parquet as pq
 
+    from recsys.data import layout
     from recsys.experiment import build_model, parse_experiment
 
     summary = rp.read_run(runs[1])  # the CTR run: its build has planted_truth.parquet
@@ -157,8 +158,8 @@ is 1.0 on this build: its same-category behaviours are the planted ones)."""
     rows = rp.planted_retrieval_rows(summary, types.SimpleNamespace(model=build_model(cfg).eval(), config=cfg), k=k)
     got = {r["metric"]: r for r in rows}
 
-    seqs = {r["user_id"]: r["categories"] for r in pq.read_table(build / "sequences.parquet").to_pylist()}
-    samples = pq.read_table(build / "ctr_samples.parquet").to_pylist()
+    seqs = {r["user_id"]: r["categories"] for r in layout.read_table(build, layout.SEQUENCES).to_pylist()}
+    samples = layout.read_table(build, layout.CTR_SAMPLES).to_pylist()
     truth = pq.read_table(build / "planted_truth.parquet").to_pylist()
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
     ndcg, recall, shifted = [], [], []

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.data.synth import (
     CLICK_LOGIT,
@@ -57,7 +57,7 @@ def test_build_directory_contract(build: Path) -> None:
     for r in range(0, seqs.num_users, 97):  # times increase within a user
         t = seqs.times[seqs.offsets[r] : seqs.offsets[r + 1]]
         assert np.all(np.diff(t) > 0)
-    samples = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    samples = layout.read_table(build, layout.CTR_SAMPLES)
     assert samples.column_names == [schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM, schema.CATEGORY,
                                     schema.LABEL]
     split = samples[schema.SPLIT].to_numpy(zero_copy_only=False)
@@ -68,22 +68,26 @@ def test_build_directory_contract(build: Path) -> None:
     np.testing.assert_array_equal(samples[schema.PREFIX_LENGTH].to_numpy(), length - offset)
     labels = samples[schema.LABEL].to_numpy()
     assert 0.2 < labels.mean() < 0.6
-    neg = pq.read_table(build / schema.EVAL_NEGATIVES_FILE)
+    neg = layout.read_table(build, layout.EVAL_NEGATIVES)
     for r in range(0, seqs.num_users, 53):
         n = np.asarray(neg[schema.NEGATIVES][r].as_py())
         assert len(n) == schema.NUM_EVAL_NEGATIVES == len(set(n))
         assert not np.isin(n, seqs.user_items(r)).any()
     manifest = json.loads((build / schema.MANIFEST_FILE).read_text())
     assert manifest["counts"]["events"] == len(seqs.items)
-    assert set(manifest["files"]) >= {schema.SEQUENCES_FILE, schema.CTR_SAMPLES_FILE, PLANTED_TRUTH_FILE}
+    n_parts = manifest["layout"]["num_parts"]
+    assert n_parts == layout.num_parts(build) > 1  # one part per chunk of users
+    parts = {f"{t}/{layout.part_name(p)}" for t in layout.PER_USER_TABLES for p in range(n_parts)}
+    assert set(manifest["files"]) >= parts | {PLANTED_TRUTH_FILE}
 
 
 def test_deterministic_for_a_seed(build: Path, tmp_path: Path) -> None:
     generate(SynthConfig(**SMALL, seed=3), tmp_path / "again")
     generate(SynthConfig(**SMALL, seed=4), tmp_path / "other")
-    for name in (schema.SEQUENCES_FILE, schema.CTR_SAMPLES_FILE, PLANTED_TRUTH_FILE, schema.EVAL_NEGATIVES_FILE):
-        assert pq.read_table(build / name).equals(pq.read_table(tmp_path / "again" / name)), name
-    assert not pq.read_table(build / schema.SEQUENCES_FILE).equals(pq.read_table(tmp_path / "other" / schema.SEQUENCES_FILE))
+    again = json.loads((tmp_path / "again" / schema.MANIFEST_FILE).read_text())["files"]
+    assert json.loads((build / schema.MANIFEST_FILE).read_text())["files"] == again  # same bytes, every file
+    other = tmp_path / "other"
+    assert not layout.read_table(build, layout.SEQUENCES).equals(layout.read_table(other, layout.SEQUENCES))
 
 
 def test_long_tailed_lengths_reach_ten_thousand(tmp_path: Path) -> None:
@@ -101,7 +105,7 @@ def test_relevant_positions_hold_the_planted_interest(build: Path) -> None:
     world = make_world(cfg)
     seqs = JaggedSequences.read(build)
     truth = pq.read_table(build / PLANTED_TRUTH_FILE)
-    samples = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    samples = layout.read_table(build, layout.CTR_SAMPLES)
     for col in (schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM):
         assert truth[col].equals(samples[col])  # row-aligned with ctr_samples
     lut = seqs.row_of_user()
@@ -130,7 +134,7 @@ def test_labels_need_the_deep_history_and_the_recent_drift(build: Path) -> None:
     world = make_world(cfg)
     seqs = JaggedSequences.read(build)
     truth = pq.read_table(build / PLANTED_TRUTH_FILE)
-    labels = pq.read_table(build / schema.CTR_SAMPLES_FILE)[schema.LABEL].to_numpy()
+    labels = layout.read_table(build, layout.CTR_SAMPLES)[schema.LABEL].to_numpy()
     lut = seqs.row_of_user()
     users, prefixes, targets = (truth[col].to_numpy() for col in (schema.USER, schema.PREFIX_LENGTH, schema.ITEM))
     rel_all = truth[RELEVANT_POSITIONS].to_pylist()
@@ -155,7 +159,7 @@ def test_click_logit_is_the_noise_free_label_logit(build: Path) -> None:
     cfg = SynthConfig(**SMALL, seed=3)
     world = make_world(cfg)
     truth = pq.read_table(build / PLANTED_TRUTH_FILE)
-    labels = pq.read_table(build / schema.CTR_SAMPLES_FILE)[schema.LABEL].to_numpy().astype(np.float64)
+    labels = layout.read_table(build, layout.CTR_SAMPLES)[schema.LABEL].to_numpy().astype(np.float64)
     logit = truth[CLICK_LOGIT].to_numpy()
     kinds = truth["target_kind"].to_numpy(zero_copy_only=False)
     targets = truth[schema.ITEM].to_numpy()

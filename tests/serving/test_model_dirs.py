@@ -1,5 +1,5 @@
 """The service on real run directories (recsys run_experiment on a synthetic build): start-up
-loading, bootstrap from sequences.parquet, and atomic reload between SDIM and DARE."""
+loading, bootstrap from the build's sequence parts, and atomic reload between SDIM and DARE."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import torch
 from fastapi.testclient import TestClient
 
+from recsys.data import layout
 from recsys.data.vocab import load_vocabularies
 from recsys.models.ctr_common import single_user_batch
 from serving.app import create_app
@@ -28,14 +29,14 @@ def settings(tmp_path: Path, dirs: dict[str, Path], **kw) -> ServingSettings:
 
 def first_user(build: Path) -> tuple[int, list[int], list[int]]:
     """raw user id, raw item history and dense item history of the build's first user."""
-    t = pq.read_table(build / "sequences.parquet").slice(0, 1).to_pylist()[0]
+    t = layout.read_table(build, layout.SEQUENCES).slice(0, 1).to_pylist()[0]
     v = load_vocabularies(build)
     return int(v["users"].decode(np.array([t["user_id"]]))[0]), v["items"].decode(np.array(t["items"])).tolist(), t["items"]
 
 
 def test_bootstrap_is_idempotent(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     store = open_store(f"sqlite:{tmp_path / 's.sqlite3'}", max_history=30)
-    n_users = pq.read_metadata(model_dirs["build"] / "sequences.parquet").num_rows
+    n_users = layout.read_table(model_dirs["build"], layout.SEQUENCES).num_rows
     assert bootstrap_store(store, model_dirs["build"]) == n_users == store.num_users()
     assert bootstrap_store(store, model_dirs["build"]) == 0
     user, raw_items, _ = first_user(model_dirs["build"])

@@ -10,12 +10,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.build_config import BuildConfig, CtrConfig
 from recsys.data.ctr_samples import target_positions
 from recsys.data.readers import SourceConfig
 from recsys.data.sequences import JaggedSequences
-from recsys.data.transform import build_polars
+from recsys.data.build_run import build_polars
 from recsys.data.vocab import load_vocabularies
 
 TAOBAO = "taobao-userbehavior-sample/UserBehavior_sample.csv"
@@ -35,7 +35,7 @@ def taobao_build(shared_data: Path, tmp_path_factory) -> Path:
 def test_sequences_are_time_ordered_and_complete(taobao_build: Path, shared_data: Path) -> None:
     raw = pl.read_csv(shared_data / TAOBAO, has_header=False, new_columns=["u", "i", "c", "b", "t"])
     vocabs = load_vocabularies(taobao_build)
-    seqs = pl.read_parquet(taobao_build / schema.SEQUENCES_FILE)
+    seqs = pl.from_arrow(layout.read_table(taobao_build, layout.SEQUENCES))
     assert seqs[schema.USER].to_list() == list(range(1, 816))
     assert int(seqs[schema.SEQ_ITEMS].list.len().sum()) == raw.height
     # per user: items sorted by time, ties in input order (stable sort of the raw file)
@@ -62,7 +62,7 @@ def test_ties_keep_input_order(tmp_path: Path) -> None:
 
 def test_leave_one_out_and_ctr_positions(taobao_build: Path) -> None:
     seqs = JaggedSequences.read(taobao_build)
-    ctr = pl.read_parquet(taobao_build / schema.CTR_SAMPLES_FILE)
+    ctr = pl.from_arrow(layout.read_table(taobao_build, layout.CTR_SAMPLES))
     pos = ctr.filter(pl.col(schema.LABEL) == 1)
     lengths = dict(zip(seqs.user_ids.tolist(), seqs.lengths.tolist()))
     rows = dict(zip(seqs.user_ids.tolist(), range(seqs.num_users)))
@@ -91,19 +91,19 @@ def test_target_positions_small() -> None:
 def test_negatives_never_in_history(taobao_build: Path) -> None:
     seqs = JaggedSequences.read(taobao_build)
     hist = {int(u): set(seqs.user_items(r).tolist()) for r, u in enumerate(seqs.user_ids)}
-    ev = pl.read_parquet(taobao_build / schema.EVAL_NEGATIVES_FILE)
+    ev = pl.from_arrow(layout.read_table(taobao_build, layout.EVAL_NEGATIVES))
     assert ev.height == seqs.num_users
     for u, negs in ev.iter_rows():
         assert len(negs) == schema.NUM_EVAL_NEGATIVES == len(set(negs))
         assert not (set(negs) & hist[u]) and min(negs) >= 1
-    ctr = pl.read_parquet(taobao_build / schema.CTR_SAMPLES_FILE).filter(pl.col(schema.LABEL) == 0)
+    ctr = pl.from_arrow(layout.read_table(taobao_build, layout.CTR_SAMPLES)).filter(pl.col(schema.LABEL) == 0)
     for u, item in ctr.select(schema.USER, schema.ITEM).iter_rows():
         assert item not in hist[u]
 
 
 def test_ctr_negatives_follow_popularity(taobao_build: Path) -> None:
     seqs = JaggedSequences.read(taobao_build)
-    ctr = pl.read_parquet(taobao_build / schema.CTR_SAMPLES_FILE).filter(pl.col(schema.LABEL) == 0)
+    ctr = pl.from_arrow(layout.read_table(taobao_build, layout.CTR_SAMPLES)).filter(pl.col(schema.LABEL) == 0)
     pop = np.bincount(seqs.items)
     drawn = pop[ctr[schema.ITEM].to_numpy()]
     p = pop[1:].astype(np.float64)
@@ -116,10 +116,11 @@ def test_two_runs_byte_identical(shared_data: Path, tmp_path: Path, taobao_build
     build_polars(_cfg(shared_data), tmp_path / "again")
     first = json.loads((taobao_build / schema.MANIFEST_FILE).read_text())["files"]
     second = json.loads((tmp_path / "again" / schema.MANIFEST_FILE).read_text())["files"]
-    assert first == second and len(first) == 7  # 4 parquet tables + 3 vocabularies
+    parts = layout.num_parts(taobao_build)
+    assert first == second and len(first) == 3 * parts + 4  # 3 per-user tables in parts + rejects + 3 vocabularies
     other = tmp_path / "seed1"
     build_polars(_cfg(shared_data, seed=1), other)
-    assert pq.read_table(other / schema.EVAL_NEGATIVES_FILE) != pq.read_table(taobao_build / schema.EVAL_NEGATIVES_FILE)
+    assert layout.read_table(other, layout.EVAL_NEGATIVES) != layout.read_table(taobao_build, layout.EVAL_NEGATIVES)
 
 
 def test_manifest_counts(taobao_build: Path) -> None:
@@ -128,7 +129,7 @@ def test_manifest_counts(taobao_build: Path) -> None:
     assert c["read"] == c["kept"] + c["rejected"] == 84_475
     assert m["vocab_sizes"] == {"users": 815, "items": 55_368, "categories": 2_914}
     assert m["length_stats"]["max"] == 539 and m["length_stats"]["median"] == 78.0
-    assert c["ctr_samples"] == pl.read_parquet(taobao_build / schema.CTR_SAMPLES_FILE).height
+    assert c["ctr_samples"] == pl.from_arrow(layout.read_table(taobao_build, layout.CTR_SAMPLES)).height
 
 
 def test_target_positions_several_eval_targets() -> None:

@@ -3,6 +3,7 @@ recent max_history, right-padded), shuffling/sharding, bad input, and evaluation
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 import torch
 
 from recsys.ctr_metrics import ctr_metrics
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
 from recsys.data.synth import SynthConfig, generate
 from recsys.tasks.base import TrainTask
 from recsys.tasks.ctr import CTRTask
+from tests.builds import replace_table
 
 MAX_HISTORY = 40
 
@@ -35,11 +37,11 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prefix[:5] = 0
     prefix[5:10] = seqs.lengths[rows[5:10]]
     items = rng.integers(1, 600, n)
-    pq.write_table(pa.table({
+    replace_table(out, layout.CTR_SAMPLES, pa.table({
         schema.SPLIT: np.array(["train", "valid", "test", "train", "train"])[rng.integers(0, 5, n)],
         schema.USER: seqs.user_ids[rows], schema.PREFIX_LENGTH: prefix, schema.ITEM: items,
         schema.CATEGORY: (items - 1) // 60 + 1, schema.LABEL: rng.integers(0, 2, n).astype(np.int8),
-    }), out / schema.CTR_SAMPLES_FILE)
+    }))
     return out
 
 
@@ -63,7 +65,7 @@ def _slow_batch(seqs: JaggedSequences, table: pa.Table, idx: np.ndarray, max_his
 def test_batches_match_per_sample_construction(build: Path) -> None:
     task = CTRTask(build, max_history=MAX_HISTORY, eval_batch_size=64)
     assert isinstance(task, TrainTask) and task.primary_metric == "auc"
-    table = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    table = layout.read_table(build, layout.CTR_SAMPLES)
     for split in ("train", "valid", "test"):
         s = task.splits[split]
         for sel, batch in task.eval_batches(split):
@@ -95,17 +97,17 @@ def test_shuffle_from_generator_and_shards(build: Path) -> None:
 
 
 def test_bad_samples_name_the_column(build: Path, tmp_path: Path) -> None:
-    table = pq.read_table(build / schema.CTR_SAMPLES_FILE)
+    table = layout.read_table(build, layout.CTR_SAMPLES)
     bad = tmp_path / "bad"
     (bad / schema.VOCAB_DIR).mkdir(parents=True)
-    for f in (schema.SEQUENCES_FILE,):
-        (bad / f).write_bytes((build / f).read_bytes())
+    shutil.copytree(build / layout.SEQUENCES, bad / layout.SEQUENCES)
+    shutil.copy(build / schema.MANIFEST_FILE, bad / schema.MANIFEST_FILE)
     prefix = table[schema.PREFIX_LENGTH].to_numpy().copy()
     prefix[3] = 10_000
-    pq.write_table(table.set_column(2, schema.PREFIX_LENGTH, pa.array(prefix)), bad / schema.CTR_SAMPLES_FILE)
+    replace_table(bad, layout.CTR_SAMPLES, table.set_column(2, schema.PREFIX_LENGTH, pa.array(prefix)))
     with pytest.raises(ValueError, match="prefix_length"):
         CTRTask(bad)
-    pq.write_table(table.drop([schema.LABEL]), bad / schema.CTR_SAMPLES_FILE)
+    replace_table(bad, layout.CTR_SAMPLES, table.drop([schema.LABEL]))
     with pytest.raises(ValueError, match="label"):
         CTRTask(bad)
 

@@ -15,31 +15,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.data import schema
+from recsys.data import layout, schema
 from recsys.losses import LossConfig, next_item_loss
 from recsys.tasks.base import TrainTask
 from recsys.tasks.next_item import NextItemTask
+from tests.builds import write_tables
 
 
 def write_build(directory: Path, sequences: list[list[int]], num_items: int, seed: int = 0,
                 raw_item_ids: np.ndarray | None = None, raw_user_ids: np.ndarray | None = None) -> Path:
-    """A build directory: sequences.parquet (dense ids), eval_negatives.parquet (100 uniform items
+    """A one-part build directory: sequences (dense ids), eval_negatives (100 uniform items
     the user never interacted with, with replacement, as the SASRec protocol), vocab/."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     users = np.arange(1, len(sequences) + 1, dtype=np.int64)
-    pq.write_table(pa.table({
+    seq_table = pa.table({
         schema.USER: pa.array(users),
         schema.SEQ_ITEMS: pa.array([list(map(int, s)) for s in sequences], type=pa.list_(pa.int64())),
         schema.SEQ_TIMES: pa.array([list(range(len(s))) for s in sequences], type=pa.list_(pa.int64())),
-    }), directory / schema.SEQUENCES_FILE)
+    })
     negs = []
     for s in sequences:
         allowed = np.setdiff1d(np.arange(1, num_items + 1), np.asarray(s))
         negs.append(rng.choice(allowed, schema.NUM_EVAL_NEGATIVES, replace=True).tolist())
-    pq.write_table(pa.table({schema.USER: pa.array(users),
-                             schema.NEGATIVES: pa.array(negs, type=pa.list_(pa.int64()))}),
-                   directory / schema.EVAL_NEGATIVES_FILE)
+    write_tables(directory, {layout.SEQUENCES: seq_table, layout.EVAL_NEGATIVES: pa.table(
+        {schema.USER: pa.array(users), schema.NEGATIVES: pa.array(negs, type=pa.list_(pa.int64()))})})
     vocab = directory / schema.VOCAB_DIR
     vocab.mkdir(exist_ok=True)
     raw_items = np.arange(1001, 1001 + num_items) if raw_item_ids is None else raw_item_ids
@@ -217,8 +217,8 @@ def test_evaluate_matches_reference(build: Path, split: str) -> None:
 
 
 def test_missing_negatives_named(build: Path) -> None:
-    t = pq.read_table(build / schema.EVAL_NEGATIVES_FILE).slice(1)
-    pq.write_table(t, build / schema.EVAL_NEGATIVES_FILE)
+    t = layout.read_table(build, layout.EVAL_NEGATIVES).slice(1)
+    layout.write_part(t, build / layout.EVAL_NEGATIVES / layout.part_name(0))
     with pytest.raises(ValueError, match="no negatives for 1 evaluated users"):
         NextItemTask(build, max_len=6).evaluate(FixedScores(torch.zeros(41)), "test")
 
