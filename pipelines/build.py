@@ -17,7 +17,7 @@ back), needs shuffle aggregator actors that hold a partition each, and was slowe
 zstd parquet per (chunk, bucket) and reading a bucket's files back; the raw-id hash lets the read
 pass pick each event's bucket before any vocabulary exists, so one pass over the input suffices.
 
-Faults: Ray retries a task whose worker died (Ray Data's default task retries); every file is
+Faults: Ray retries a task whose worker died (Ray Data's default: max_retries=-1 for system failures); every file is
 written under a temporary name and renamed, so a retried task rewrites the same bytes. A task that
 fails for good fails the build, which names the missing file; the manifest, written last and
 atomically after checking every part, is never there for a partial build.
@@ -61,10 +61,9 @@ def init_ray(address: str | None = None, num_cpus: int = 2, object_store_memory:
 
 
 class RayExecutor:
-    """Maps units as Ray Data tasks (one unit per task); `shared` travels once through the object store."""
-
-    def __init__(self, max_retries: int = 3) -> None:
-        self.max_retries = max_retries
+    """Maps units as Ray Data tasks (one unit per task); `shared` travels once through the object store.
+    Ray Data's task defaults retry a task whose worker or node died (max_retries=-1 for system
+    failures); an exception raised by the step itself is not retried and fails the build."""
 
     def map(self, fn: Callable[[T, S], R], units: list[T], shared: S) -> list[R]:
         import ray
@@ -79,7 +78,7 @@ class RayExecutor:
             return {"r": np.array([pickle.dumps(fn(pickle.loads(b), sh)) for b in batch["u"]], dtype=object)}
 
         ds = ray.data.from_items([{"u": b} for b in blobs], override_num_blocks=len(units))
-        out = ds.map_batches(call, batch_size=1, num_cpus=1, max_retries=self.max_retries)
+        out = ds.map_batches(call, batch_size=1, num_cpus=1)
         return [pickle.loads(row["r"]) for row in out.iter_rows()]
 
 

@@ -42,6 +42,7 @@ class Chunk:
     kind: str  # "parquet" (row groups), "text" (byte range), "whole" (whole file, its reader)
     start: int = 0  # parquet: first row group; text: first byte
     stop: int = 0  # parquet: row group after the last; text: byte after the last
+    file_index: int = 0  # position of `file` among the source's files
 
 
 def expand(pattern: str) -> list[str]:
@@ -83,22 +84,22 @@ def plan_chunks(source: SourceConfig, chunk_rows: int, chunk_bytes: int) -> list
     if source.times_path is not None and any(ch in source.path for ch in "*?["):
         raise ValueError(f"{source.path}: a glob cannot be combined with times_path")
     out: list[Chunk] = []
-    for path in expand(source.path):
+    for fi, path in enumerate(expand(source.path)):
         if _is_parquet(source, path):
             meta = pq.ParquetFile(path).metadata
             start, rows = 0, 0
             for g in range(meta.num_row_groups):
                 rows += meta.row_group(g).num_rows
                 if rows >= chunk_rows or g == meta.num_row_groups - 1:
-                    out.append(Chunk(len(out), path, "parquet", start, g + 1))
+                    out.append(Chunk(len(out), path, "parquet", start, g + 1, fi))
                     start, rows = g + 1, 0
             if meta.num_row_groups == 0:
-                out.append(Chunk(len(out), path, "parquet", 0, 0))
+                out.append(Chunk(len(out), path, "parquet", 0, 0, fi))
         elif source.format in SPLIT_TEXT_FORMATS:
             for a, b in _text_cuts(path, chunk_bytes):
-                out.append(Chunk(len(out), path, "text", a, b))
+                out.append(Chunk(len(out), path, "text", a, b, fi))
         else:
-            out.append(Chunk(len(out), path, "whole"))
+            out.append(Chunk(len(out), path, "whole", file_index=fi))
     return out
 
 

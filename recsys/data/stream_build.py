@@ -4,8 +4,8 @@ pipelines/build.py). Both engines run these same functions, so their outputs are
 
 1. scatter (one unit per input chunk, recsys/data/chunks.py): read, check rows (recsys/data/validate),
    hash each kept event's RAW user into one of P buckets (`layout.part_of`) and write it to
-   `_tmp/events/b-B/c-C.parquet`; row rejects go to `_tmp/rejects/b-B/...` (bucket = hash of the
-   row's order) so that rejects, too, end in files whose content does not depend on the chunking.
+   `_tmp/events/b-B/c-C.parquet`; row rejects of input file k go to `_tmp/rejects/b-(k mod P)/...`
+   so that rejects, too, end in files whose content does not depend on the chunking.
 2. bucket stats (one unit per bucket): concat the bucket's chunk files in input order, mark
    duplicates (a duplicate has the same user, so it is in the same bucket), write `rejects/part-B`
    (row rejects + duplicates, with source file and line), and the bucket's O(distinct ids)
@@ -33,7 +33,6 @@ from typing import Callable, Protocol, TypeVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from recsys.artifacts import sha256_file
 from recsys.data import layout, schema
@@ -71,9 +70,9 @@ def write_atomic(df: pl.DataFrame | pa.Table, path: Path, final: bool = False) -
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     if final:
         layout.write_part(df, tmp)
-    else:
-        table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
-        pq.write_table(table, str(tmp), compression="zstd", compression_level=1)
+    else:  # an intermediate: polars' writer is about 2x faster than pyarrow's here
+        (df if isinstance(df, pl.DataFrame) else pl.from_arrow(df)).write_parquet(
+            tmp, compression="zstd", compression_level=1, statistics=False)
     os.replace(tmp, path)
 
 
@@ -116,7 +115,8 @@ def scatter_chunk(chunk: Chunk, sh: ScatterShared) -> ChunkResult:
     ok, rejects = check_rows(parsed, source=chunk.file)
     users = ok[schema.USER].to_numpy()
     ev_b = _scatter(ok, layout.part_of(users, sh.num_parts), sh.tmp, "events", chunk.index)
-    rej_b = _scatter(rejects, layout.part_of(rejects["order"].to_numpy(), sh.num_parts), sh.tmp, "rejects",
+    # row rejects of input file k go to part k mod P: the same whatever the chunking
+    rej_b = _scatter(rejects, np.full(rejects.height, chunk.file_index % sh.num_parts), sh.tmp, "rejects",
                      chunk.index) if rejects.height else []
     schema_ = dict(ok.schema) if ok.height else None
     return ChunkResult(chunk.index, covered, parsed.parsed.height, ev_b, rej_b, schema_)
