@@ -207,6 +207,8 @@ def main() -> int:
     ap.add_argument("--num-buckets", type=int, default=64)
     ap.add_argument("--chunk-rows", type=int, default=2_000_000)
     ap.add_argument("--results", default="pipeline", help="benchmarks/results/<name>.json")
+    ap.add_argument("--input", default=None, help="an existing generated parquet log of --events events (skips the "
+                    "generation: `recsys data synth --format taobao --events N --file-format parquet` writes the same file)")
     ap.add_argument("--tmp-dir", default=None, help="where inputs and builds go (default: the system temp dir)")
     ap.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/<name>.json")
     args = ap.parse_args()
@@ -217,7 +219,8 @@ def main() -> int:
 
     command = (f"OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.pipeline --events {args.events} "
                f"--num-buckets {args.num_buckets} --chunk-rows {args.chunk_rows} --results {args.results}"
-               + (f" --users {args.users}" if args.users else "") + (" --skip-sample" if args.skip_sample else ""))
+               + (f" --users {args.users}" if args.users else "") + (" --skip-sample" if args.skip_sample else "")
+               + (f" --input {args.input}" if args.input else ""))
     ctr = "ctr:\n  mode: popularity_negatives\n  negatives_per_positive: 2\n"
     rows = []
     with tempfile.TemporaryDirectory(dir=args.tmp_dir) as d:
@@ -229,8 +232,13 @@ def main() -> int:
         if not args.skip_generated:
             inp = tmp / "events.parquet"
             t0 = time.perf_counter()
-            n = generate(inp, args.events, args.users)
-            print(f"generated {n} events in {time.perf_counter() - t0:.0f}s: {inp.stat().st_size / 2**20:.0f} MiB", flush=True)
+            if args.input:
+                if args.users is not None:
+                    raise SystemExit("--input is a default-shaped log; do not combine it with --users")
+                inp, n = Path(args.input), args.events
+            else:
+                n = generate(inp, args.events, args.users)
+            print(f"input {n} events ({time.perf_counter() - t0:.0f}s): {inp.stat().st_size / 2**20:.0f} MiB", flush=True)
             users = args.users or n // 100
             cfg = _table_config("generated", inp, args.num_buckets, ctr, args.chunk_rows)
             rows += run_case(f"generated-taobao-userbehavior ({_label(n)})", cfg, inp, n, tmp,

@@ -97,11 +97,20 @@ def global_stats(items: pl.DataFrame, bstats: list[BucketStats]) -> GlobalStats:
 
 
 def run_build(cfg: BuildConfig, output_dir: str | Path, executor: Executor, engine: str) -> dict:
-    """The whole streaming build with `executor`; returns the manifest."""
+    """The whole streaming build with `executor`; returns the manifest. On failure the intermediate
+    files are removed and no manifest exists (prepare_output deleted any old one first)."""
     out = Path(output_dir)
     source = resolved_source(cfg)
     chunks = plan_chunks(source, cfg.chunk_rows, cfg.chunk_bytes)
     prepare_output(out)
+    try:
+        return _run_passes(cfg, out, source, chunks, executor, engine)
+    except BaseException:
+        shutil.rmtree(out / TMP_DIR, ignore_errors=True)
+        raise
+
+
+def _run_passes(cfg: BuildConfig, out: Path, source, chunks: list, executor: Executor, engine: str) -> dict:
     tmp, P = out / TMP_DIR, cfg.num_buckets
     t0 = time.perf_counter()
     cres = sorted(executor.map(scatter_chunk, chunks, ScatterShared(source, tmp, P)), key=lambda r: r.index)
