@@ -1,21 +1,25 @@
-"""Build-pipeline benchmark: throughput and peak memory of the Ray Data build (pipelines/build.py)
-against the single-process polars reference (recsys/data/transform.py), same input, same run.
+"""Build-pipeline benchmark: throughput and peak memory of the streaming Ray Data build
+(pipelines/build.py) against the single-process polars reference (recsys/data/build_run.py:
+build_polars, the same passes in one process), same input, same run; outputs must be equal.
 
-Inputs: (a) generated Taobao-like events (users with long-tailed lengths up to 10k: lognormal,
-clipped; Zipf item popularity; categories; behaviour types; increasing timestamps), written to
-parquet and read through the `table` reader; (b) the real Taobao UserBehavior sample.
+Inputs: (a) a generated Taobao UserBehavior log (recsys/data/synth_taobao.py: events/100 users with
+lognormal lengths reaching 20k+ at 100M, events/25 items with long-tailed popularity, 10k categories,
+real pv/cart/fav/buy shares, the real 9-day window) written as parquet and read through the
+`table` reader; (b) the real Taobao UserBehavior sample (csv reader).
 
 Each engine runs in a fresh subprocess that first builds a tiny warm-up input (imports, Ray
 workers started), then waits while the parent samples its idle baseline. Throughput = input events /
 wall seconds of read + validate + transform + write (Ray start-up and warm-up excluded: a running
 cluster is the normal case). Memory: working set = peak - idle of the summed PSS of the engine's
-whole process tree (driver; for Ray also raylet with the object store, GCS, agents, workers),
-sampled from /proc/*/smaps_rollup every 0.1 s. PSS counts each shared page once across the tree
-(object-store shared memory, libraries), unlike summed RSS; the absolute peak and idle numbers are
-in each row's protocol.
+whole process tree (driver; for Ray also raylet with the object store, capped at
+OBJECT_STORE_BYTES so Ray spills beyond it, GCS, agents, workers), sampled from
+/proc/*/smaps_rollup every 0.1 s. PSS counts each shared page once across the tree (object-store
+shared memory, libraries), unlike summed RSS; the absolute peak and idle numbers are in each row's
+protocol. Targets: Ray working set <= 3x the input parquet, Ray throughput >= 0.7x polars.
 
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.pipeline --events 10000000 --users 100000
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.pipeline --events 1000000 --users 10000 --no-save
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.pipeline --events 10000000 --num-buckets 64 --chunk-rows 1000000
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.pipeline --events 100000000 --num-buckets 128 \
+        --chunk-rows 1000000 --results pipeline-100m --skip-sample
 """
 
 from __future__ import annotations

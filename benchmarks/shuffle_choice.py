@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.pipeline import OBJECT_STORE_BYTES, generate
+from benchmarks.pipeline import OBJECT_STORE_BYTES, generate, load_average
 from benchmarks.results import row, write_rows
 
 COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp", "category_id": "category_id",
@@ -96,6 +96,7 @@ def main() -> int:
     init_ray(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES)
     command = (f"OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m benchmarks.shuffle_choice --events {args.events} "
                f"--buckets {args.buckets} --chunk-rows {args.chunk_rows}")
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as d:
         inp = Path(d) / "events.parquet"
         generate(inp, args.events, None)
@@ -114,7 +115,8 @@ def main() -> int:
                 f"object store capped at {OBJECT_STORE_BYTES // 2**20} MiB; partition + per-bucket polars grouping "
                 f"only; value = bucketed intermediate write (chosen), reference = Ray Data groupby.map_groups with "
                 f"HASH_SHUFFLE, ratio = reference s / value s; spilled MiB: bucketed {spilled['bucketed_write']:.0f}, "
-                f"hash shuffle {spilled['hash_shuffle']:.0f}")
+                f"hash shuffle {spilled['hash_shuffle']:.0f}; load average (1/5/15 min) {load_before} before, "
+                f"{load_average()} after (shared machine)")
     rows = [row(name="pipeline_shuffle", model=None, dataset=f"generated-taobao ({args.events} events)", seed=0,
                 command=command, protocol=protocol, metric="seconds", value=times["bucketed_write"],
                 reference=times["hash_shuffle"], ratio=times["hash_shuffle"] / times["bucketed_write"])]

@@ -24,7 +24,8 @@ from recsys.artifacts import code_version, library_versions, sha256_file
 from recsys.config import config_hash
 from recsys.data import layout, schema
 from recsys.data.build_config import BuildConfig, resolved_source
-from recsys.data.chunks import line_offsets, plan_chunks
+from recsys.data.chunks import Chunk, line_offsets, plan_chunks
+from recsys.data.readers.base import SourceConfig
 from recsys.data.stream_build import (
     REJECTS_DIR, TMP_DIR, BucketShared, BucketStats, ChunkResult, Executor, OutputShared, PartResult,
     ScatterShared, LocalExecutor, bucket_outputs, bucket_stats, scatter_chunk,
@@ -110,7 +111,9 @@ def run_build(cfg: BuildConfig, output_dir: str | Path, executor: Executor, engi
         raise
 
 
-def _run_passes(cfg: BuildConfig, out: Path, source, chunks: list, executor: Executor, engine: str) -> dict:
+def _run_passes(cfg: BuildConfig, out: Path, source: SourceConfig, chunks: list[Chunk], executor: Executor,
+                engine: str) -> dict:
+    """Scatter, bucket statistics, merged vocabularies, per-bucket outputs, manifest."""
     tmp, P = out / TMP_DIR, cfg.num_buckets
     t0 = time.perf_counter()
     cres = sorted(executor.map(scatter_chunk, chunks, ScatterShared(source, tmp, P)), key=lambda r: r.index)
@@ -121,7 +124,9 @@ def _run_passes(cfg: BuildConfig, out: Path, source, chunks: list, executor: Exe
         raise ValueError(f"{source.path}: no input rows")
     ev_schema = next((r.event_schema for r in cres if r.event_schema), None)
     if ev_schema is None:
-        ev_schema = {}
+        counts = {k: sum(r.reasons.get(k, 0) for r in cres) for k in REASONS}
+        raise ValueError(f"{source.path}: every one of the {read} input rows was rejected "
+                         f"({', '.join(f'{k}={v}' for k, v in counts.items() if v)})")
     log.info("scatter: %d chunks, %d rows read in %.1fs", len(chunks), read, time.perf_counter() - t0)
     offsets = np.asarray(line_offsets(chunks, {r.index: r.covered for r in cres}), dtype=np.int64)
     bsh = BucketShared(tmp, out, _files_by_bucket(cres, tmp, "events"), _files_by_bucket(cres, tmp, "rejects"),
@@ -129,8 +134,6 @@ def _run_passes(cfg: BuildConfig, out: Path, source, chunks: list, executor: Exe
     bstats = sorted(executor.map(bucket_stats, list(range(P)), bsh), key=lambda r: r.bucket)
     reasons = {r: sum(b.reasons[r] for b in bstats) for r in REASONS}
     check_fraction(read, reasons, cfg.max_reject_fraction, source.path)
-    if not ev_schema:
-        raise ValueError(f"{source.path}: every input row was rejected ({reasons})")
     items = merge_items(tmp, P, schema.CATEGORY in ev_schema)
     stats = global_stats(items, bstats)
     del items

@@ -98,6 +98,7 @@ class ChunkResult:
     event_buckets: list[int]
     reject_buckets: list[int]
     event_schema: dict | None  # polars schema of the kept rows (None when it kept none)
+    reasons: dict[str, int]  # row rejects by reason (duplicates are found per bucket, later)
 
 
 def _scatter(df: pl.DataFrame, keys: np.ndarray, tmp: Path, kind: str, chunk: int) -> list[int]:
@@ -119,7 +120,8 @@ def scatter_chunk(chunk: Chunk, sh: ScatterShared) -> ChunkResult:
     rej_b = _scatter(rejects, np.full(rejects.height, chunk.file_index % sh.num_parts), sh.tmp, "rejects",
                      chunk.index) if rejects.height else []
     schema_ = dict(ok.schema) if ok.height else None
-    return ChunkResult(chunk.index, covered, parsed.parsed.height, ev_b, rej_b, schema_)
+    reasons = {r: int(n) for r, n in rejects.group_by("reason").len().iter_rows()}
+    return ChunkResult(chunk.index, covered, parsed.parsed.height, ev_b, rej_b, schema_, reasons)
 
 
 # ---------------------------------------------------------------- pass 2: bucket statistics

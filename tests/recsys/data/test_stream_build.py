@@ -114,3 +114,11 @@ def test_taobao_generator(tmp_path: Path) -> None:
     m = build_polars(_cfg(str(tmp_path / "a" / "UserBehavior.csv"), num_buckets=4), tmp_path / "build")
     assert m["counts"]["kept"] + m["counts"]["rejected"] == 200_000
     assert json.loads((tmp_path / "a" / "synth.json").read_text())["users"] == 2000
+
+
+def test_all_rejected_is_an_error_with_reasons(tmp_path: Path) -> None:
+    src = tmp_path / "bad.csv"
+    src.write_text("a,b\n1,x,3,pv,5\n")
+    with pytest.raises(ValueError, match="every one of the 2 input rows was rejected.*malformed_line=1, non_integer_id=1"):
+        build_polars(_cfg(str(src), max_reject_fraction=1.0), tmp_path / "out")
+    assert not (tmp_path / "out" / schema.MANIFEST_FILE).exists() and not (tmp_path / "out" / "_tmp").exists()
