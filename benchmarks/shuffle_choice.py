@@ -31,9 +31,11 @@ COLUMNS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp",
 
 
 def _spilled_mib() -> float:
+    import ray
     from ray._private.internal_api import memory_summary
 
-    m = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    m = re.search(r"Spilled (\d+) MiB", text)
     return float(m.group(1)) if m else 0.0
 
 
