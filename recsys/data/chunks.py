@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data.readers import parse_source
@@ -86,7 +87,10 @@ def plan_chunks(source: SourceConfig, chunk_rows: int, chunk_bytes: int) -> list
     out: list[Chunk] = []
     for fi, path in enumerate(expand(source.path)):
         if _is_parquet(source, path):
-            meta = pq.ParquetFile(path).metadata
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except (OSError, pa.ArrowException) as exc:
+                raise ValueError(f"{path}: unreadable parquet footer: {exc}") from exc
             start, rows = 0, 0
             for g in range(meta.num_row_groups):
                 rows += meta.row_group(g).num_rows
@@ -139,7 +143,18 @@ def _read_parquet(chunk: Chunk, source: SourceConfig) -> ReadResult:
 
 def read_chunk(chunk: Chunk, source: SourceConfig) -> tuple[ReadResult, int]:
     """(parsed rows with `order`, source lines or rows the chunk covers). `line` is inside the
-    chunk for split formats (see `line_offsets`), inside the file otherwise."""
+    chunk for split formats (see `line_offsets`), inside the file otherwise. Text that does not
+    decode becomes malformed lines (rejects with file and line); a file that cannot be read at all
+    (I/O error, corrupt parquet) is an error naming it and the failing piece."""
+    try:
+        return _read_chunk(chunk, source)
+    except (OSError, pa.ArrowException) as exc:
+        where = f"row groups {chunk.start}..{chunk.stop - 1}" if chunk.kind == "parquet" else \
+            f"bytes {chunk.start}..{chunk.stop}" if chunk.kind == "text" else "the file"
+        raise ValueError(f"{chunk.file}: unreadable ({where}): {exc}") from exc
+
+
+def _read_chunk(chunk: Chunk, source: SourceConfig) -> tuple[ReadResult, int]:
     if chunk.kind == "parquet":
         res = _read_parquet(chunk, source)
         covered = res.parsed.height

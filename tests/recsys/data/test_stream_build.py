@@ -122,3 +122,18 @@ def test_all_rejected_is_an_error_with_reasons(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="every one of the 2 input rows was rejected.*malformed_line=1, non_integer_id=1"):
         build_polars(_cfg(str(src), max_reject_fraction=1.0), tmp_path / "out")
     assert not (tmp_path / "out" / schema.MANIFEST_FILE).exists() and not (tmp_path / "out" / "_tmp").exists()
+
+
+def test_corrupt_parquet_part_is_named(tmp_path: Path) -> None:
+    good = pl.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
+    good.write_parquet(tmp_path / "a.parquet")
+    data = (tmp_path / "a.parquet").read_bytes()
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    cfg = BuildConfig(name="p", source=SourceConfig(format="table", path=str(tmp_path / "*.parquet")), num_eval_negatives=1)
+    # pages zeroed, footer intact: fails in the worker's read; then the footer itself broken: fails at planning
+    for broken, where in ((data[:4] + b"\x00" * (len(data) - 4 - footer) + data[-footer:], r"row groups 0\.\.0"),
+                          (data[:4] + b"\x00" * (len(data) - 8) + data[-4:], "footer")):
+        (tmp_path / "b.parquet").write_bytes(broken)
+        with pytest.raises(ValueError, match=rf"b\.parquet: unreadable.*{where}"):
+            build_polars(cfg, tmp_path / "out")
+        assert not (tmp_path / "out" / schema.MANIFEST_FILE).exists()
