@@ -202,7 +202,7 @@ def in_process_ms(model: str, db: Path, user: int, cands: list[list[int]], reps:
     user's state cached."""
     import torch
 
-    from serving.app import ScoreJob, run_score_jobs
+    from serving.scoring import ScoreJob, run_score_jobs
     from serving.metrics import Metrics
     from serving.state import StateCache
     from serving.store.sqlite import SQLiteStore
@@ -438,7 +438,7 @@ def run(args: argparse.Namespace) -> None:
             cell = res[(512, 10_000, 1)]
             http = med[(512, 10_000, 1)]["p50_ms"]
             ref = float(np.median(inproc))
-            add(model, f"in-process p50 of the handler's scoring call (CTRScorer.encode_items + serving.app.run_score_jobs on one"
+            add(model, f"in-process p50 of the handler's scoring call (CTRScorer.encode_items + serving.scoring.run_score_jobs on one"
                 f" job: cached-state check against the SQLite store's event count, scoring), same store and cached state, no HTTP,"
                 f" C=512, L=10000, 300 calls per repeat, median over {len(inproc)} repeats {fmt_list(inproc)}", "inproc_ms", ref)
             add(model, f"{base}, C=512, L=10000, concurrency=1: overhead = (HTTP p50 - in-process p50) / in-process p50, HTTP p50"

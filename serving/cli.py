@@ -17,29 +17,33 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from recsys.config import load_yaml
+from recsys.experiment import ExperimentConfig
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
 
-def run_task(model_dir: Path) -> str:
-    """The task ('ctr' or 'next_item') of a run directory, from its config.yaml."""
+def run_config(model_dir: Path) -> ExperimentConfig:
+    """The run directory's config.yaml, validated as the experiment config it was trained with."""
     cfg = model_dir / "config.yaml"
     if not cfg.is_file():
         raise SystemExit(f"recsys serve: {model_dir} is not a run directory (no config.yaml)")
-    task = (yaml.safe_load(cfg.read_text()) or {}).get("task")
-    if task not in ("ctr", "next_item"):
-        raise SystemExit(f"recsys serve: {cfg}: task must be ctr or next_item, got {task!r}")
-    return str(task)
+    try:
+        return load_yaml(cfg, ExperimentConfig)
+    except ValueError as exc:  # ConfigError names the field
+        raise SystemExit(f"recsys serve: {cfg} is not a valid run config: {exc}") from None
+
+
+def run_task(model_dir: Path) -> str:
+    """The task ('ctr' or 'next_item') of a run directory."""
+    return run_config(model_dir).task
 
 
 def build_dir_of(model_dir: Path) -> Path | None:
-    data = (yaml.safe_load((model_dir / "config.yaml").read_text()) or {}).get("data") or {}
-    path = data.get("build_dir")
-    return Path(path) if path and (Path(path) / "manifest.json").is_file() else None
+    """The build the run was trained on, when it is still there (its manifest.json: bootstrap)."""
+    path = Path(run_config(model_dir).data.build_dir)
+    return path if (path / "manifest.json").is_file() else None
 
 
 def settings_from_args(args: argparse.Namespace) -> ServingSettings:

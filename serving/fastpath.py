@@ -9,7 +9,7 @@ the body, parses it with orjson and accepts only bodies that a cheap check prove
     max_candidates, HARD_MAX_CANDIDATES) JSON integers in [0, 2^63);
     `Content-Type: application/json`; reads not configured to need a token; service started with a
     CTR model.
-It then scores exactly as the route does (the same `score_raw` coroutine, the same orjson body and
+It then scores exactly as the route does (the same `Scoring` class, the same orjson body and
 headers). Everything else - other paths and methods, other content types, any body it does not
 accept - goes to FastAPI unchanged (the body is replayed), so error responses are the route's,
 byte for byte, and the OpenAPI schema still documents the (still registered) route.
@@ -18,12 +18,16 @@ byte for byte, and the OpenAPI schema still documents the (still registered) rou
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import orjson
 
+from serving.errors import overloaded_response
+from serving.grouper import Overloaded
+from serving.metrics import Metrics
 from serving.schemas import HARD_MAX_CANDIDATES, INT64_MAX
+from serving.scoring import Scoring
 
 PLAIN_KEYS = frozenset({"user_id", "candidates", "context", "recent_events"})
 
@@ -57,29 +61,19 @@ def plain_score_body(body: bytes, max_candidates: int) -> tuple[int, np.ndarray]
 
 
 class FastScoreMiddleware:
-    """Pure ASGI middleware serving plain valid `POST /v1/score` bodies (see the module docstring).
+    """Pure ASGI middleware serving plain valid `POST /v1/score` bodies (see the module docstring)
+    with the route's own `Scoring`; `Overloaded` gets the route's 503 response."""
 
-    `accept()` says whether the service can take the fast path now (started, CTR model loaded,
-    reads open); `score_raw(user_id, raw)` returns the response body; `on_error(exc)` returns an
-    ASGI app for exceptions the route's handlers turn into responses (None: re-raise)."""
-
-    def __init__(
-        self,
-        app: Any,
-        *,
-        enabled: bool,
-        max_candidates: int,
-        accept: Callable[[], bool],
-        score_raw: Callable[[int, np.ndarray], Awaitable[bytes]],
-        on_error: Callable[[Exception], Any | None],
-        count: Callable[[str], None],
-    ) -> None:
+    def __init__(self, app: Any, *, enabled: bool, max_candidates: int, scoring: Scoring, metrics: Metrics) -> None:
         self.app, self.enabled, self.max_candidates = app, enabled, max_candidates
-        self.accept, self.score_raw, self.on_error, self.count = accept, score_raw, on_error, count
+        self.scoring, self.metrics = scoring, metrics
+
+    def count(self, outcome: str) -> None:
+        self.metrics.fast_path.labels(outcome).inc()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if (not self.enabled or scope["type"] != "http" or scope["path"] != "/v1/score" or scope["method"] != "POST"
-                or not self.accept()):
+                or not self.scoring.ready()):
             await self.app(scope, receive, send)
             return
         ctype = next((v for k, v in scope["headers"] if k == b"content-type"), None)
@@ -111,12 +105,9 @@ class FastScoreMiddleware:
             return
         self.count("served")
         try:
-            out = await self.score_raw(*parsed)
-        except Exception as exc:
-            handler = self.on_error(exc)
-            if handler is None:
-                raise
-            await handler(scope, receive, send)
+            out = await self.scoring.raw(*parsed)
+        except Overloaded as exc:
+            await overloaded_response(exc)(scope, receive, send)
             return
         # the same bytes and headers as the route's `Response(out, media_type="application/json")`
         await send({"type": "http.response.start", "status": 200,

@@ -15,61 +15,27 @@ Raw ids unknown to a model's vocabulary:
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from recsys.artifacts import INDEX_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file
+from recsys.artifacts import INDEX_FILE
 from recsys.data import layout, schema
+from serving.loading import ModelInfo, load_checked_run, serving_max_history, trained_max_history
 from serving.store.base import History
+
+__all__ = ["CTRScorer", "ModelInfo", "Retriever", "State", "clone_state", "state_from_bytes", "state_to_bytes"]
 
 State = dict[str, torch.Tensor]
 SEQS_KEY = "serving.event_seqs"  # [K] int64 store seq of each known history item in a state
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    directory: str
-
-
-def model_version(run_dir: Path) -> str:
-    """First 12 hex digits of the weights' sha256 (from the manifest when present)."""
-    manifest = run_dir / MANIFEST_FILE
-    if manifest.is_file():
-        digest = json.loads(manifest.read_text()).get("files", {}).get(WEIGHTS_FILE)
-        if digest:
-            return str(digest)[:12]
-    return sha256_file(run_dir / WEIGHTS_FILE)[:12]
-
-
-def _load_run(run_dir: str | Path, task: str) -> tuple[Any, ModelInfo]:
-    """load_run with checks that name the problem: directory, manifest checksums, task."""
-    from recsys.experiment import load_run
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"model_dir: {run_dir} is not a directory")
-    if not (run_dir / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"model_dir: {run_dir} has no {WEIGHTS_FILE}")
-    loaded = load_run(run_dir)  # verifies the manifest checksums; safetensors weights
-    got = getattr(loaded.config, "task", None)
-    if got is not None and got != task:
-        raise ValueError(f"model_dir: {run_dir} holds a {got!r} model, expected a {task!r} model")
-    loaded.model.eval()
-    name = str(loaded.config.model_cfg().name)
-    return loaded, ModelInfo(name=name, version=model_version(run_dir), directory=str(run_dir))
-
-
 def item_category_map(build_dir: Path | None, num_items: int) -> np.ndarray:
-    """dense item id -> dense category id (0 = none), from the build's sequences.parquet (the
+    """dense item id -> dense category id (0 = none), from the build's sequences (the
     category an item was last seen with); zeros when the build has no categories or is absent."""
     out = np.zeros(num_items + 1, dtype=np.int64)
     if build_dir is None:
@@ -123,23 +89,29 @@ class CTRScorer:
     the CPU. On CUDA the retrieval-stage ops run as the Triton kernels (kernels.ops dispatch)."""
 
     def __init__(self, model: torch.nn.Module, vocabs: dict, info: ModelInfo, item_cats: np.ndarray, max_history: int,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", trained_max_history: int | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.vocabs = vocabs
         self.info = info
         self.item_cats = item_cats  # [N+1] dense item -> dense category
-        self.max_history = max_history
+        self.max_history = max_history  # the history window served (events)
+        self.trained_max_history = trained_max_history  # the CTR history cap of training (None: unknown)
         self.num_items = len(vocabs["items"])
         self._item_lut = dense_lookup_table(vocabs["items"].raw_ids)
 
     @classmethod
-    def load(cls, run_dir: str | Path, max_history: int = 10_000, device: str = "cpu") -> "CTRScorer":
+    def load(cls, run_dir: str | Path, max_history: int | None = None, device: str = "cpu",
+             above_trained: Literal["refuse", "warn"] = "refuse") -> "CTRScorer":
+        """A CTR run directory (serving/loading.py's manifest rule). `max_history` None serves the
+        history cap the model was trained with; above it, `above_trained` refuses or warns."""
         resolve_device(device)  # refuse an unusable device before loading anything
-        loaded, info = _load_run(run_dir, "ctr")
+        loaded, info = load_checked_run(run_dir, "ctr")
+        trained = trained_max_history(loaded.config)
+        window = serving_max_history(max_history, trained, above_trained)
         vocabs = loaded.vocabs
-        cats = item_category_map(getattr(loaded, "build_dir", None), len(vocabs["items"]))
-        return cls(loaded.model, vocabs, info, cats, max_history, device)
+        cats = item_category_map(loaded.build_dir, len(vocabs["items"]))
+        return cls(loaded.model, vocabs, info, cats, window, device, trained)
 
     @property
     def key(self) -> str:
@@ -239,6 +211,34 @@ class CTRScorer:
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
 
+    def score_many(self, jobs: list[tuple[State, np.ndarray, np.ndarray | None]]) -> list[np.ndarray]:
+        """Click probabilities [C_b] (NaN for dense id 0) for several (state, dense candidates, raw
+        candidate categories or None) at once: one batched model call (`score_candidates_batch`)
+        over the users' jagged histories when the model has one and two or more users have known
+        candidates; else one `score` per user. Equal to `score` per user (tested)."""
+        out = [np.full(dense.shape, np.nan) for _, dense, _ in jobs]
+        live = [k for k, (_, dense, _) in enumerate(jobs) if (dense > 0).any()]
+        batched = getattr(self.model, "score_candidates_batch", None)
+        if batched is None or len(live) < 2:
+            for k in live:
+                state, dense, cats = jobs[k]
+                known = dense > 0
+                out[k][known] = self.score(state, dense[known], None if cats is None else cats[known])
+            return out
+        dev, ids, cats_dense = self.device, [], []
+        for k in live:
+            _, dense, raw_cats = jobs[k]
+            known = dense > 0
+            raw = np.full(int(known.sum()), -1, dtype=np.int64) if raw_cats is None else raw_cats[known]
+            ids.append(torch.from_numpy(dense[known]).to(dev))
+            cats_dense.append(torch.from_numpy(self.encode_categories(raw, dense[known])).to(dev))
+        with torch.inference_mode(), self._on_device():
+            logits = batched([jobs[k][0] for k in live], ids, cats_dense)
+        for k, lg in zip(live, logits):
+            out[k][jobs[k][1] > 0] = torch.sigmoid(lg.float()).cpu().numpy().astype(np.float64)
+        return out
+
+
 def clone_state(state: State) -> State:
     return {k: v.clone() for k, v in state.items()}
 
@@ -267,7 +267,7 @@ class Retriever:
     def load(cls, run_dir: str | Path) -> "Retriever":
         import faiss
 
-        loaded, info = _load_run(run_dir, "next_item")
+        loaded, info = load_checked_run(run_dir, "next_item")
         path = Path(run_dir) / INDEX_FILE
         with torch.inference_mode():
             emb = loaded.model.item_embeddings().float().numpy()  # [N+1, d]

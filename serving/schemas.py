@@ -52,9 +52,12 @@ class ScoreResponse(BaseModel):
     user_id: int
     scores: list[float | None] = Field(description="click probability per candidate; null for unknown items")
     model: ModelRef
-    unknown_items: list[int] = Field(description="candidates the model's vocabulary does not know (score null)")
+    unknown_items: list[int] = Field(description="distinct candidates the model's vocabulary does not know (score null), "
+                                                 "in order of first occurrence")
     cold_start: bool = Field(description="true when the user has no stored history (scored with an empty history)")
-    history_length: int
+    history_length: int = Field(description="events stored for the user (retained in the store)")
+    effective_history_length: int = Field(description="events the model scored with: the stored ones inside the "
+                                                      "model's history window plus recent_events, capped at the window")
 
 
 class RecommendRequest(Body):
@@ -91,7 +94,7 @@ class EventsRequest(Body):
 
 class EventsResponse(BaseModel):
     stored: list[str] = Field(description="event ids stored by this request (durable)")
-    duplicates: list[str] = Field(description="event ids already stored before (durable, not stored twice)")
+    duplicates: list[str] = Field(description="event ids already stored before with the same payload (durable, not stored twice)")
     unknown_items: list[int] = Field(description="item ids the current CTR model does not know (stored, not yet used)")
 
 

@@ -5,7 +5,8 @@ Lookup order for (model, user): in-process LRU -> state blob in the store (share
 -> encode the retained history from scratch. Every state carries the store `seq` it reflects;
 when the user's seq moved on (new events, possibly via another replica), only the missing tail
 is applied with `append_to_state`. If more events arrived than the store retains, the state is
-rebuilt from the retained history (which is exactly what a capped history means).
+rebuilt from the retained history (which is exactly what a capped history means); so is a
+state from before a late event (one older than events already stored: it changes the order).
 Both paths define the state the same way: the model's known items among the last `max_history`
 stored events (unknown items inside that window are skipped, and they still take window slots).
 """
@@ -112,7 +113,9 @@ class StateCache:
         if cached is not None:
             with self.metrics.store_op("history_since"):
                 tail = self.store.history_since(user_id, cached.seq)
-            if tail.seq - cached.seq == len(tail):  # no gap: apply just the new events
+            # no gap and no late event since the cached state (which would have shifted the
+            # positions of events the state holds): apply just the new events
+            if tail.seq - cached.seq == len(tail) and tail.reordered_at <= cached.seq:
                 # clone: a concurrent request may be scoring with the cached state right now
                 window = min(scorer.max_history, self.store.max_history)  # the events a fresh encode reads
                 state = scorer.append(clone_state(cached.state), tail, window) if len(tail) else cached.state

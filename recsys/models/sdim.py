@@ -114,3 +114,20 @@ class SDIM(CTRModel):
         lengths = torch.tensor([state["items"].shape[0]], device=ci.device)
         short = self._short(vt, state["items"][None], state["cats"][None], lengths)  # [1,C,E]
         return self.head(self._head_input(vt, long, short)[0])
+
+    def score_candidates_batch(self, states, cand_items, cand_cats):
+        """`score_candidates` for several users in one call (serving groups concurrent requests):
+        bucket tables stacked, recent windows and candidates right-padded; one [C_b] logit tensor
+        per user, equal to that user's own `score_candidates`."""
+        ids = [self._ids(i, c) for i, c in zip(cand_items, cand_cats)]
+        pad = torch.nn.utils.rnn.pad_sequence
+        ci, cc = pad([i for i, _ in ids], batch_first=True), pad([c for _, c in ids], batch_first=True)  # [B,C]
+        vt = self.emb.target(ci, cc)  # [B,C,E]
+        long = self.hashing.gather(torch.stack([s["table"] for s in states]), vt)  # [B,C,E]
+        n = self.cfg.short_len
+        items = pad([s["items"][-n:] for s in states], batch_first=True)  # only the recent window is read
+        cats = pad([s["cats"][-n:] for s in states], batch_first=True)
+        lengths = torch.tensor([min(s["items"].shape[0], n) for s in states], device=ci.device)
+        x = self._head_input(vt, long, self._short(vt, items, cats, lengths))  # [B,C,F]
+        logits = self.head(x.reshape(-1, x.shape[-1])).reshape(x.shape[:2])  # the head (batch norm) takes [N,F]
+        return [logits[b, : i.shape[0]] for b, (i, _) in enumerate(ids)]

@@ -180,6 +180,25 @@ class TwoStageCTR(CTRModel):
         u = self._paths(q, keys, values, lengths, state["cats"][None], cc[None])["u"][0]  # [C,dr]
         return self.head(self._features(vt, u))
 
+    def score_candidates_batch(self, states, cand_items, cand_cats):
+        """`score_candidates` for several users in one call (serving groups concurrent requests):
+        histories and candidates right-padded (padding masked by the lengths); one [C_b] logit
+        tensor per user, equal to that user's own `score_candidates`."""
+        ids = [self._ids(i, c) for i, c in zip(cand_items, cand_cats)]
+        pad = torch.nn.utils.rnn.pad_sequence
+        ci, cc = pad([i for i, _ in ids], batch_first=True), pad([c for _, c in ids], batch_first=True)  # [B,C]
+        lengths = torch.tensor([s["items"].shape[0] for s in states], device=ci.device)
+        width = int(lengths.max()) if len(states) else 0
+        pos = relative_positions(lengths, width, self.att_emb.max_position)  # [B,L]
+        keys = torch.cat([pad([s["att_sem"] for s in states], batch_first=True), self.att_emb.time(pos)], dim=-1)
+        values = keys if self.shared else torch.cat(
+            [pad([s["rep_sem"] for s in states], batch_first=True), self.rep_emb.time(pos)], dim=-1)
+        hist_cats = pad([s["cats"] for s in states], batch_first=True)  # [B,L]
+        u = self._paths(self._query(ci, cc), keys, values, lengths, hist_cats, cc)["u"]  # [B,C,dr]
+        x = self._features(self.rep_emb.target(ci, cc), u)  # [B,C,F]
+        logits = self.head(x.reshape(-1, x.shape[-1])).reshape(x.shape[:2])  # the head (batch norm) takes [N,F]
+        return [logits[b, : i.shape[0]] for b, (i, _) in enumerate(ids)]
+
 
 class TWIN(TwoStageCTR):
     def __init__(self, cfg: TWINConfig, num_items: int, num_categories: int) -> None:

@@ -1,10 +1,13 @@
 """The user-state store interface.
 
 A store keeps, per raw user id,
-- the event log: the most recent `max_history` behaviours (raw item id, raw category id or -1,
-  timestamp) in arrival order, plus `seq` = the number of events ever appended (monotonic; the
-  event log holds seq `seq-len+1 .. seq`);
-- idempotency keys: every `event_id` ever acknowledged, so a retried event is not stored twice;
+- the event log: the user's behaviours (raw item id, raw category id or -1, timestamp) in
+  timestamp order, ties in arrival order (the build's rule), of which the newest `max_history` by
+  that order are kept, plus `seq` = the number of events ever appended (monotonic) and
+  `reorder_seq` = the seq of the last late event (one older than an event already stored);
+  model states computed at a seq below it are rebuilt, not advanced;
+- idempotency keys: every `event_id` acknowledged within the idempotency window, with its payload:
+  a retry with the same payload is a duplicate, the same id with another payload a conflict;
 - model state blobs: the serialised per-user model state (SDIM bucket tables, DARE/TWIN keys) for a
   model version, tagged with the `seq` it reflects, so replicas share it and nobody re-encodes a
   long history after a restart.
@@ -36,12 +39,15 @@ class Event:
 
 @dataclass
 class History:
-    """A user's retained events, oldest first; `seq` counts every event ever appended."""
+    """A user's retained events in timestamp order (oldest first); `seq` counts every event ever
+    appended, so the events hold positions seq-len+1..seq of that order; `reordered_at` is the
+    seq of the user's last late event (0: none)."""
 
     items: np.ndarray  # [L] int64 raw item ids
     categories: np.ndarray  # [L] int64 raw category ids, -1 when none
     timestamps: np.ndarray  # [L] int64
     seq: int = 0
+    reordered_at: int = 0
 
     def __len__(self) -> int:
         return int(self.items.size)
@@ -54,7 +60,8 @@ class History:
     def tail(self, since_seq: int) -> "History":
         """Events with seq > since_seq (those not yet reflected in a state at since_seq)."""
         n = max(0, min(len(self), self.seq - since_seq))
-        return History(self.items[len(self) - n :], self.categories[len(self) - n :], self.timestamps[len(self) - n :], self.seq)
+        return History(self.items[len(self) - n :], self.categories[len(self) - n :], self.timestamps[len(self) - n :], self.seq,
+                       self.reordered_at)
 
 
 @dataclass
@@ -63,6 +70,23 @@ class AppendResult:
 
     stored: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+
+
+class EventIdConflict(ValueError):
+    """Event ids already stored (within the idempotency window) with a different payload; the
+    append stored nothing."""
+
+    def __init__(self, event_ids: list[str]) -> None:
+        super().__init__(f"event_id already stored with a different payload: {', '.join(event_ids)}")
+        self.event_ids = event_ids
+
+
+PAYLOAD_VERSION = "v2"
+
+
+def payload_key(ev: Event) -> str:
+    """What an event id stands for: user, item, timestamp, category and type (compared on reuse)."""
+    return f"{PAYLOAD_VERSION}|{ev.user_id}|{ev.item_id}|{ev.timestamp}|{ev.category_id}|{ev.event_type or ''}"
 
 
 @dataclass(frozen=True)
@@ -87,15 +111,17 @@ class UserStore(abc.ABC):
 
     @abc.abstractmethod
     def append(self, events: list[Event]) -> AppendResult:
-        """Store events durably, skipping event ids already stored; returns after fsync."""
+        """Store events durably, skipping event ids already stored with the same payload; returns
+        after fsync. Raises EventIdConflict (storing nothing) for ids stored with another payload."""
 
     @abc.abstractmethod
     def history(self, user_id: int, max_len: int | None = None) -> History:
-        """The user's most recent `max_len` (default all retained) events; empty for unknown users."""
+        """The user's newest `max_len` (default all retained) events, in timestamp order; empty for unknown users."""
 
     @abc.abstractmethod
     def history_since(self, user_id: int, since_seq: int) -> History:
-        """Retained events with seq > since_seq (the catch-up for a cached state at since_seq)."""
+        """Retained events with seq > since_seq, in timestamp order (the catch-up for a cached state
+        at since_seq; valid as a tail only when `reordered_at` <= since_seq)."""
 
     @abc.abstractmethod
     def seq(self, user_id: int) -> int:
@@ -124,20 +150,3 @@ class UserStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
-
-
-def open_store(url: str, max_history: int = 10_000, event_id_ttl_s: float | None = DEFAULT_EVENT_ID_TTL_S) -> UserStore:
-    """`sqlite:PATH` (embedded default) or `redis://host:port/db`. Event ids deduplicate appends
-    for `event_id_ttl_s` seconds after their first append (None = forever, unbounded storage)."""
-    if url.startswith("sqlite:"):
-        from serving.store.sqlite import SQLiteStore
-
-        path = url[len("sqlite:") :]
-        if not path:
-            raise ValueError("store: sqlite URL needs a path, e.g. sqlite:state.sqlite3")
-        return SQLiteStore(path, max_history=max_history, event_id_ttl_s=event_id_ttl_s)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from serving.store.redis import RedisStore
-
-        return RedisStore(url, max_history=max_history, event_id_ttl_s=event_id_ttl_s)
-    raise ValueError(f"store: unsupported URL {url!r} (use sqlite:PATH or redis://host:port/db)")

@@ -1,7 +1,11 @@
 """The embedded default store: one SQLite file in WAL mode with synchronous=FULL, so a commit
 (and therefore an acknowledged `append`) survives a process kill or power loss. Event ids are
-kept for `event_id_ttl_s` seconds after their first append (the idempotency window), then pruned
-by the next append."""
+kept, with their payload, for `event_id_ttl_s` seconds after their first append (the idempotency
+window), then pruned by the next append.
+
+A user's events are read in timestamp order (ties in arrival order: `seq`), the build's rule; the
+newest `max_history` by that order are kept. `users.reorder_seq` is the seq of the user's last
+late event (one older than an event already stored), which invalidates states computed before it."""
 
 from __future__ import annotations
 
@@ -12,15 +16,27 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.store.base import DEFAULT_EVENT_ID_TTL_S, NO_CATEGORY, AppendResult, Event, History, StateBlob, UserStore
+from serving.store.base import (
+    DEFAULT_EVENT_ID_TTL_S,
+    NO_CATEGORY,
+    AppendResult,
+    Event,
+    EventIdConflict,
+    History,
+    StateBlob,
+    UserStore,
+    payload_key,
+)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY, seq INTEGER NOT NULL,
+    reorder_seq INTEGER NOT NULL DEFAULT 0, max_ts INTEGER, kept INTEGER);
 CREATE TABLE IF NOT EXISTS events (
     user_id INTEGER NOT NULL, seq INTEGER NOT NULL, item_id INTEGER NOT NULL,
     category_id INTEGER NOT NULL, ts INTEGER NOT NULL, event_type TEXT, event_id TEXT,
     PRIMARY KEY (user_id, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY, created REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_time ON events (user_id, ts, seq, item_id, category_id);  -- covering: reads in time order
+CREATE TABLE IF NOT EXISTS event_ids (event_id TEXT PRIMARY KEY, created REAL NOT NULL, payload TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS event_ids_created ON event_ids (created);
 CREATE TABLE IF NOT EXISTS states (
     user_id INTEGER NOT NULL, model_key TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
@@ -44,7 +60,7 @@ class SQLiteStore(UserStore):
         if str(mode).lower() != "wal":
             raise RuntimeError(f"store: {self.path} could not be put in WAL mode (got {mode})")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate_event_ids()
+        self._migrate()
         self._db.executescript(SCHEMA)
         # `seq` (the one store read of a warm /v1/score, possibly on the event loop) uses its own
         # connection and lock: in WAL mode it reads the last committed value without waiting for a
@@ -54,7 +70,10 @@ class SQLiteStore(UserStore):
 
     # -- events -----------------------------------------------------------------------------
     def append(self, events: list[Event]) -> AppendResult:
+        """Store new events durably; an id already stored with the same payload is a duplicate, with
+        another payload the whole request is refused (EventIdConflict, nothing stored)."""
         result = AppendResult()
+        conflicts: list[str] = []
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -62,31 +81,55 @@ class SQLiteStore(UserStore):
                 now = time.time()
                 if self.event_id_ttl_s is not None:  # ids past the idempotency window (index range scan)
                     db.execute("DELETE FROM event_ids WHERE created < ?", (now - self.event_id_ttl_s,))
-                seqs: dict[int, int] = {}
+                users: dict[int, list[int | None]] = {}  # user -> [seq, reorder_seq, max_ts, kept]
                 for ev in events:
-                    if db.execute("INSERT OR IGNORE INTO event_ids VALUES (?,?)", (ev.event_id, now)).rowcount == 0:
-                        result.duplicates.append(ev.event_id)
+                    key = payload_key(ev)
+                    row = db.execute("SELECT payload FROM event_ids WHERE event_id=?", (ev.event_id,)).fetchone()
+                    if row is not None:
+                        (conflicts if row[0] is not None and row[0] != key else result.duplicates).append(ev.event_id)
                         continue
-                    if ev.user_id not in seqs:
-                        seqs[ev.user_id] = self._seq_locked(ev.user_id)
-                    seqs[ev.user_id] += 1
+                    db.execute("INSERT INTO event_ids VALUES (?,?,?)", (ev.event_id, now, key))
+                    u = users.get(ev.user_id) or users.setdefault(ev.user_id, self._user_locked(ev.user_id))
+                    u[0] = int(u[0] or 0) + 1
+                    if u[2] is not None and ev.timestamp < u[2]:
+                        u[1] = u[0]  # a late event: states from before it are rebuilt
+                    u[2] = ev.timestamp if u[2] is None else max(u[2], ev.timestamp)
+                    u[3] = int(u[3] or 0) + 1
                     db.execute(
                         "INSERT INTO events VALUES (?,?,?,?,?,?,?)",
-                        (ev.user_id, seqs[ev.user_id], ev.item_id, ev.category_id, ev.timestamp, ev.event_type, ev.event_id),
+                        (ev.user_id, u[0], ev.item_id, ev.category_id, ev.timestamp, ev.event_type, ev.event_id),
                     )
                     result.stored.append(ev.event_id)
-                for user, seq in seqs.items():
-                    db.execute("INSERT INTO users VALUES (?,?) ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq", (user, seq))
-                    db.execute("DELETE FROM events WHERE user_id=? AND seq<=?", (user, seq - self.max_history))
+                if conflicts:
+                    raise EventIdConflict(conflicts)
+                for user, u in users.items():
+                    self._evict_locked(user, u)
+                    db.execute("INSERT INTO users VALUES (?,?,?,?,?) ON CONFLICT(user_id) DO UPDATE SET seq=excluded.seq, "
+                               "reorder_seq=excluded.reorder_seq, max_ts=excluded.max_ts, kept=excluded.kept", (user, *u))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         return result
 
+    def _user_locked(self, user_id: int) -> list[int | None]:
+        """[seq, reorder_seq, max_ts, kept] of a user (zeros for a new one)."""
+        row = self._db.execute("SELECT seq, reorder_seq, max_ts, kept FROM users WHERE user_id=?", (user_id,)).fetchone()
+        return [0, 0, None, 0] if row is None else list(row)
+
+    def _evict_locked(self, user_id: int, u: list[int | None]) -> None:
+        """Delete the user's oldest events (timestamp order) beyond max_history."""
+        excess = int(u[3] or 0) - self.max_history
+        if excess > 0:
+            self._db.execute("DELETE FROM events WHERE user_id=? AND seq IN (SELECT seq FROM events WHERE user_id=? "
+                             "ORDER BY ts, seq LIMIT ?)", (user_id, user_id, excess))
+            u[3] = self.max_history
+
     def bulk_load(self, user_id: int, items: np.ndarray, categories: np.ndarray, timestamps: np.ndarray) -> bool:
         total = int(np.asarray(items).size)
-        items, categories, timestamps = (np.asarray(a, dtype=np.int64)[-self.max_history :] for a in (items, categories, timestamps))
+        order = np.argsort(np.asarray(timestamps, dtype=np.int64), kind="stable")  # the build's order, kept
+        items, categories, timestamps = (np.asarray(a, dtype=np.int64)[order][-self.max_history :]
+                                         for a in (items, categories, timestamps))
         first = total - int(items.size) + 1  # seq of the oldest retained event
         with self._lock:
             db = self._db
@@ -97,23 +140,34 @@ class SQLiteStore(UserStore):
                     return False
                 rows = ((user_id, first + k, int(i), int(c), int(t), None, None) for k, (i, c, t) in enumerate(zip(items, categories, timestamps)))
                 db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?)", rows)
-                db.execute("INSERT INTO users VALUES (?,?)", (user_id, total))
+                max_ts = int(timestamps.max()) if timestamps.size else None
+                db.execute("INSERT INTO users VALUES (?,?,?,?,?)", (user_id, total, 0, max_ts, int(items.size)))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         return True
 
-    def _migrate_event_ids(self) -> None:
-        """Stores written before the idempotency window had event_ids(event_id) only: add `created`
-        (= now, so their ids keep deduplicating for one full window)."""
-        cols = [r[1] for r in self._db.execute("PRAGMA table_info(event_ids)").fetchall()]
-        if cols and "created" not in cols:
-            try:  # one atomic statement; the default is a numeric literal (no user input)
-                self._db.execute(f"ALTER TABLE event_ids ADD COLUMN created REAL NOT NULL DEFAULT {time.time():.3f}")
-            except sqlite3.OperationalError as exc:  # another process migrated it first
-                if "duplicate column" not in str(exc):
-                    raise
+    def _migrate(self) -> None:
+        """Add the columns of stores written by older versions: event_ids.created (= now, so their
+        ids keep deduplicating for one full window) and .payload (NULL: not compared); users'
+        reorder_seq (= seq: their states are rebuilt once, in timestamp order), max_ts and kept."""
+        adds = {
+            "event_ids": [("created", f"REAL NOT NULL DEFAULT {time.time():.3f}"), ("payload", "TEXT")],
+            "users": [("reorder_seq", "INTEGER NOT NULL DEFAULT 0"), ("max_ts", "INTEGER"), ("kept", "INTEGER")],
+        }
+        for table, columns in adds.items():
+            have = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})").fetchall()]
+            for name, decl in columns:
+                if have and name not in have:
+                    try:  # one atomic statement; names and defaults are literals of this module (no user input)
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                    except sqlite3.OperationalError as exc:  # another process migrated it first
+                        if "duplicate column" not in str(exc):
+                            raise
+                    if table == "users" and name == "kept":
+                        self._db.execute("UPDATE users SET reorder_seq=seq, kept=(SELECT COUNT(*) FROM events e WHERE "
+                                         "e.user_id=users.user_id), max_ts=(SELECT MAX(ts) FROM events e WHERE e.user_id=users.user_id)")
 
     def _seq_locked(self, user_id: int) -> int:
         row = self._db.execute("SELECT seq FROM users WHERE user_id=?", (user_id,)).fetchone()
@@ -131,18 +185,22 @@ class SQLiteStore(UserStore):
         return self._read(user_id, since_seq, None)
 
     def _read(self, user_id: int, since_seq: int, max_len: int | None) -> History:
+        """Retained events with seq > since_seq, the newest `max_len` of them, in timestamp order."""
         with self._lock:
-            seq = self._seq_locked(user_id)
-            lo = since_seq if max_len is None else max(since_seq, seq - max_len)
-            rows = self._db.execute(
-                "SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY seq", (user_id, lo)
-            ).fetchall()
+            seq, reorder, _, _ = self._user_locked(user_id)
+            if since_seq > 0 and max_len is None:  # a catch-up tail: a primary-key range, sorted below
+                rows = self._db.execute("SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY seq",
+                                        (user_id, since_seq)).fetchall()
+            else:  # the newest max_len in time order (covering index)
+                rows = self._db.execute(
+                    "SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY ts DESC, seq DESC LIMIT ?",
+                    (user_id, since_seq, -1 if max_len is None else max_len),
+                ).fetchall()[::-1]
         if not rows:
-            h = History.empty()
-            h.seq = seq
-            return h
+            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=int(seq or 0), reordered_at=int(reorder or 0))
         arr = np.asarray(rows, dtype=np.int64)
-        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), seq)
+        arr = arr[np.argsort(arr[:, 2], kind="stable")]  # time order, ties by seq (a no-op for in-order rows)
+        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), int(seq or 0), int(reorder or 0))
 
     def has_event(self, event_id: str) -> bool:
         with self._lock:

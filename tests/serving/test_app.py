@@ -103,8 +103,8 @@ def test_events_idempotent_and_durable_in_store(client: TestClient) -> None:
     assert first["stored"] == ["e7004-0", "e7004-1", "e7004-2"] and first["duplicates"] == []
     again = post_events(client, 7004, M.RAW_ITEMS[:3].tolist())
     assert again["stored"] == [] and again["duplicates"] == ["e7004-0", "e7004-1", "e7004-2"]
-    unknown = post_events(client, 7004, [424242], prefix="u")
-    assert unknown["stored"] == ["u7004-0"] and unknown["unknown_items"] == [424242]
+    unknown = post_events(client, 7004, [424242], prefix="u", start=3)  # timestamp 103: the newest event
+    assert unknown["stored"] == ["u7004-3"] and unknown["unknown_items"] == [424242]
     store = client.app.state.svc.store
     assert store.history(7004).items.tolist() == M.RAW_ITEMS[:3].tolist() + [424242]
     body = client.post("/v1/score", json={"user_id": 7004, "candidates": M.RAW_ITEMS[:2].tolist()}).json()

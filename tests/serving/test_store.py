@@ -66,7 +66,7 @@ def test_bulk_load_only_into_empty_user(store: UserStore) -> None:
     h = store.history(4)
     assert h.items.tolist() == [3, 4, 5, 6, 7] and h.seq == 7 and h.categories.tolist() == [2] * 5
     assert not store.bulk_load(4, np.array([1]), np.array([1]), np.array([1]))
-    store.append([ev("x", 4, 50)])
+    store.append([ev("x", 4, 50, 70)])  # newer than the bootstrap history (timestamps 0..60)
     assert store.history(4).items.tolist() == [4, 5, 6, 7, 50] and store.seq(4) == 8
 
 
@@ -161,3 +161,35 @@ def test_sqlite_store_from_before_the_window_keeps_its_ids(tmp_path: Path) -> No
         assert s.has_event("old") and s.append([ev("old", 1, 10)]).duplicates == ["old"]
     finally:
         s.close()
+
+
+def test_events_are_kept_in_timestamp_order_and_late_events_are_marked(store: UserStore) -> None:
+    """The build's rule: timestamp order, ties in arrival order; the newest max_history (5) by it are kept."""
+    store.append([ev("a", 9, 10, 100), ev("b", 9, 11, 300), ev("c", 9, 12, 200)])  # c is late (200 < 300)
+    h = store.history(9)
+    assert h.items.tolist() == [10, 12, 11] and h.timestamps.tolist() == [100, 200, 300]
+    assert h.seq == 3 and h.reordered_at == 3
+    store.append([ev("d", 9, 13, 300)])  # a tie: after the event already stored at 300; not late
+    assert store.history(9).items.tolist() == [10, 12, 11, 13] and store.history(9).reordered_at == 3
+    store.append([ev("e", 9, 14, 50), ev("f", 9, 15, 400)])  # e is the oldest: the window (5) drops it
+    h = store.history(9)
+    assert h.items.tolist() == [10, 12, 11, 13, 15] and h.seq == 6 and h.reordered_at == 5
+    store.append([ev("g", 9, 16, 150)])  # lands second; the oldest (10 at t=100) leaves the window
+    h = store.history(9)
+    assert h.items.tolist() == [16, 12, 11, 13, 15] and h.timestamps.tolist() == [150, 200, 300, 300, 400]
+    assert store.history(9, max_len=2).items.tolist() == [13, 15] and h.reordered_at == 7
+
+
+def test_event_id_reused_with_another_payload_is_a_conflict(store: UserStore) -> None:
+    from serving.store.base import EventIdConflict
+
+    store.append([ev("a", 1, 10, 5)])
+    assert store.append([ev("a", 1, 10, 5)]).duplicates == ["a"]  # same payload: an idempotent retry
+    for other in (ev("a", 2, 10, 5), ev("a", 1, 11, 5), ev("a", 1, 10, 6), ev("a", 1, 10, 5, cat=3)):
+        with pytest.raises(EventIdConflict, match="event_id already stored with a different payload: a") as info:
+            store.append([ev("n", 1, 20, 7), other])
+        assert info.value.event_ids == ["a"]
+    assert not store.has_event("n") and store.history(1).items.tolist() == [10] and store.seq(1) == 1  # nothing stored
+    with pytest.raises(EventIdConflict):  # the same id twice in one request with different payloads
+        store.append([ev("z", 1, 30, 8), ev("z", 1, 31, 8)])
+    assert not store.has_event("z") and store.seq(1) == 1

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from serving.batcher import MicroBatcher, Overloaded
+from serving.grouper import RequestGrouper, Overloaded
 
 
 def run(coro):
@@ -22,7 +22,7 @@ def test_batches_form_and_results_stay_in_order() -> None:
         return [x * 2 for x in items]
 
     async def main() -> list[int]:
-        b = MicroBatcher(fn, max_batch=8, max_wait_ms=20, on_batch=lambda n, s: sizes.append(n))
+        b = RequestGrouper(fn, max_batch=8, max_wait_ms=20, on_batch=lambda n, s: sizes.append(n))
         await b.start()
         out = await asyncio.gather(*(b.submit(i) for i in range(20)))
         await b.stop()
@@ -34,7 +34,7 @@ def test_batches_form_and_results_stay_in_order() -> None:
 
 def test_wait_is_bounded_for_a_lone_request() -> None:
     async def main() -> float:
-        b = MicroBatcher(lambda xs: xs, max_batch=64, max_wait_ms=30)
+        b = RequestGrouper(lambda xs: xs, max_batch=64, max_wait_ms=30)
         await b.start()
         t0 = time.perf_counter()
         await b.submit(1)
@@ -51,13 +51,13 @@ def test_per_item_errors_and_overload() -> None:
         return [ValueError(f"bad {x}") if x < 0 else x for x in items]
 
     async def main() -> None:
-        b = MicroBatcher(fn, max_batch=4, max_wait_ms=5)
+        b = RequestGrouper(fn, max_batch=4, max_wait_ms=5)
         await b.start()
         ok, bad = await asyncio.gather(b.submit(3), b.submit(-1), return_exceptions=True)
         assert ok == 3 and isinstance(bad, ValueError) and "bad -1" in str(bad)
         await b.stop()
 
-        slow = MicroBatcher(lambda xs: (time.sleep(0.2), xs)[1], max_batch=1, max_wait_ms=0, max_queue=2)
+        slow = RequestGrouper(lambda xs: (time.sleep(0.2), xs)[1], max_batch=1, max_wait_ms=0, max_queue=2)
         await slow.start()
         tasks = [asyncio.create_task(slow.submit(i)) for i in range(6)]
         res = await asyncio.gather(*tasks, return_exceptions=True)
@@ -75,7 +75,7 @@ def test_flush_when_idle_adds_no_wait_and_still_batches() -> None:
         return [x + 1 for x in items]
 
     async def main() -> tuple[float, list[int]]:
-        b = MicroBatcher(fn, max_batch=8, max_wait_ms=200, flush_when_idle=True, on_batch=lambda n, s: sizes.append(n))
+        b = RequestGrouper(fn, max_batch=8, max_wait_ms=200, flush_when_idle=True, on_batch=lambda n, s: sizes.append(n))
         await b.start()
         t0 = time.perf_counter()
         assert await b.submit(1) == 2
@@ -101,7 +101,7 @@ def test_inline_when_alone_runs_a_lone_request_on_the_loop_and_batches_in_the_th
         return [ValueError(f"bad {x}") if x < 0 else x * 10 for x in items]
 
     async def main() -> tuple[int, list]:
-        b = MicroBatcher(fn, max_batch=8, max_wait_ms=200, flush_when_idle=True, inline_when_alone=True)
+        b = RequestGrouper(fn, max_batch=8, max_wait_ms=200, flush_when_idle=True, inline_when_alone=True)
         await b.start()
         assert await b.submit(1) == 10
         with pytest.raises(ValueError, match="bad -2"):  # a lone request's error is still its own
@@ -124,7 +124,7 @@ def test_without_inline_every_batch_runs_in_the_thread() -> None:
     threads: list[int] = []
 
     async def main() -> int:
-        b = MicroBatcher(lambda xs: (threads.append(threading.get_ident()), xs)[1], flush_when_idle=True)
+        b = RequestGrouper(lambda xs: (threads.append(threading.get_ident()), xs)[1], flush_when_idle=True)
         await b.start()
         assert await b.submit(5) == 5
         await b.stop()
@@ -156,7 +156,7 @@ def test_a_batch_function_returning_too_few_results_fails_its_callers_and_the_ba
         return [] if len(calls) == 1 else [x + 1 for x in items]
 
     async def main() -> int:
-        b = MicroBatcher(fn, flush_when_idle=True, inline_when_alone=True)
+        b = RequestGrouper(fn, flush_when_idle=True, inline_when_alone=True)
         await b.start()
         with pytest.raises(RuntimeError, match="returned 0 results for 1 requests"):
             await asyncio.wait_for(b.submit(1), timeout=5)

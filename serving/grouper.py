@@ -1,4 +1,8 @@
-"""Micro-batching of concurrent requests with a bounded wait.
+"""Grouping of concurrent requests with a bounded wait (one worker-thread call per group).
+
+The group function receives the requests together; the service's `run_score_jobs` scores a
+group of requests in one batched model call (serving/scoring.py), so a group saves both the
+thread hand-offs and per-request model calls.
 
 Requests are queued; one worker takes the first, then keeps collecting until it holds
 `max_batch` requests or the first has waited `max_wait_ms`, and runs the batch function once in
@@ -30,7 +34,9 @@ class Overloaded(RuntimeError):
     """The batch queue is full; the caller should answer 503 and the client retry later."""
 
 
-class MicroBatcher(Generic[T, R]):
+class RequestGrouper(Generic[T, R]):
+    """Queues requests and runs `fn` once per group of them in a worker thread (see the module docstring)."""
+
     def __init__(
         self,
         fn: Callable[[list[T]], list[R | BaseException]],

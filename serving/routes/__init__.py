@@ -1,0 +1,1 @@
+"""One APIRouter per area of the API: score, recommend, events, admin, health."""
