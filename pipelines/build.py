@@ -80,7 +80,7 @@ class RayExecutor:
 
         def call(batch: dict) -> dict:
             sh = ray.get(shared_ref)
-            return {"r": np.array([pickle.dumps(fn(pickle.loads(b), sh)) for b in batch["u"]], dtype=object)}
+            return {"r": np.array([pickle.dumps(_run_step(fn, pickle.loads(b), sh)) for b in batch["u"]], dtype=object)}
 
         ctx = ray.data.DataContext.get_current()
         reserve = ctx.op_resource_reservation_enabled
@@ -91,25 +91,23 @@ class RayExecutor:
         try:
             ds = ray.data.from_items([{"u": b} for b in blobs], override_num_blocks=len(units))
             out = ds.map_batches(call, batch_size=1, num_cpus=1)
-            return [pickle.loads(row["r"]) for row in out.iter_rows()]
-        except ray.exceptions.RayError as exc:
-            raise _user_error(exc) from exc
+            results = [pickle.loads(row["r"]) for row in out.iter_rows()]
         finally:
             ctx.op_resource_reservation_enabled = reserve
+        for ok, value in results:
+            if not ok:
+                raise value  # the step's own error (e.g. ValueError naming the file), not Ray's wrapper
+        return [value for _, value in results]
 
 
-def _user_error(exc: BaseException) -> BaseException:
-    """The step's own exception behind Ray's wrappers (so `ValueError: <file>: ...` reaches the CLI),
-    or `exc` itself when a system failure (not the step) ended the task."""
-    import ray
-
-    seen = exc
-    while seen is not None:
-        cause = getattr(seen, "cause", None) or seen.__cause__
-        if cause is not None and not isinstance(cause, ray.exceptions.RayError):
-            return cause
-        seen = cause
-    return exc
+def _run_step(fn: Callable[[T, S], R], unit: T, shared: S) -> tuple[bool, object]:
+    """(True, result) or (False, the exception the step raised): a step's error is deterministic, so
+    it is returned to the driver with its type and message instead of being retried; a worker or
+    node that dies is a Ray system failure and is retried by Ray."""
+    try:
+        return True, fn(unit, shared)
+    except Exception as exc:  # noqa: BLE001 - handed to the driver, which raises it
+        return False, exc
 
 
 def build_ray(cfg: BuildConfig, output_dir: str | Path, address: str | None = None) -> dict:
