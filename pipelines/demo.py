@@ -94,7 +94,7 @@ def fetch_and_build(cfg: DemoConfig) -> Path:
     out = cfg.output_dir / "build"
     manifest = build_ray(build_cfg, out)
     print(manifest_summary(manifest))
-    print(f"build directory: {out}\nmanifest: {out / 'manifest.json'}\nrejects: {out / 'rejects.parquet'}")
+    print(f"build directory: {out}\nmanifest: {out / 'manifest.json'}\nrejects: {out / 'rejects'}/")
     return out
 
 

@@ -54,7 +54,9 @@ class BuildConfig(StrictModel):
     max_reject_fraction: float = 0.01
     num_eval_negatives: int = schema.NUM_EVAL_NEGATIVES
     ctr: CtrConfig = CtrConfig()
-    num_buckets: int = 8  # Ray path: users are hashed into this many buckets, each grouped locally
+    num_buckets: int = 8  # users are hashed (raw id) into this many buckets = output parts (layout.py)
+    chunk_rows: int = 2_000_000  # parquet input: row groups are read in runs of about this many rows
+    chunk_bytes: int = 64 << 20  # taobao_csv input: byte ranges of about this size (cut at line starts)
 
     @model_validator(mode="after")
     def _check(self) -> "BuildConfig":
@@ -62,6 +64,8 @@ class BuildConfig(StrictModel):
             raise ValueError("max_reject_fraction must be in [0, 1]")
         if self.num_buckets < 1 or self.num_eval_negatives < 1:
             raise ValueError("num_buckets and num_eval_negatives must be >= 1")
+        if self.chunk_rows < 1 or self.chunk_bytes < 1:
+            raise ValueError("chunk_rows and chunk_bytes must be >= 1")
         return self
 
 

@@ -6,8 +6,10 @@ A build directory holds each per-user table as a folder of parquet parts:
     eval_negatives/part-00000.parquet ...
     ctr_samples/part-00000.parquet ...
 
-Part `p` of every table holds the same users: those with `part_of(user, P) == p` for a hash build
-(`splitmix64(dense user) % P`), or a contiguous user range for the planted generator. Rows of a
+Part `p` of every table holds the same users: those with `part_of(raw user, P) == p` for a hash
+build (`splitmix64(RAW user id) % P`: the raw id, so the streaming build knows an event's part
+when it reads it, before the vocabulary exists; vocab/users.parquet maps dense ids back to raw
+ids; `user_parts` finds the part of a dense user), or a contiguous user range for the planted generator. Rows of a
 hash part are sorted by dense user id (CTR samples: by user, then in generated order); a planted
 chunk keeps its generated row order (its users ascend from chunk to chunk). Every part
 exists, even an empty one, so a reader never has to tell "empty" from "missing". The manifest's
@@ -43,10 +45,11 @@ def part_name(part: int) -> str:
     return f"part-{part:0{PART_DIGITS}d}.parquet"
 
 
-def part_of(dense_users: np.ndarray, num_parts: int) -> np.ndarray:
-    """Hash partition of dense user ids: `splitmix64(user) % num_parts` (balanced, order-free)."""
+def part_of(raw_users: np.ndarray, num_parts: int) -> np.ndarray:
+    """Hash partition of RAW user ids (int64): `splitmix64(user) % num_parts` (balanced, order-free)."""
     with np.errstate(over="ignore"):
-        return (splitmix64(np.asarray(dense_users).astype(np.uint64)) % np.uint64(num_parts)).astype(np.int64)
+        h = splitmix64(np.asarray(raw_users).astype(np.int64).view(np.uint64))
+        return (h % np.uint64(num_parts)).astype(np.int64)
 
 
 def worker_parts(rank: int, world_size: int, num_parts: int) -> list[int]:

@@ -17,7 +17,8 @@ Build outputs (one directory, written by `recsys data build`):
         interacted with, drawn once with the build seed (the sampled-100 protocol).
     ctr_samples/        split string (train/valid/test), user_id, prefix_length int32
         (history = items[:prefix_length]), item_id, category_id (when present), label int8.
-    rejects.parquet   reason string, line int64, raw string: every input row that was not kept.
+    rejects/          parts of reason string, file string, line int64 (in that file), raw string: every
+        input row that was not kept (recsys/data/stream_build.py; a duplicate's raw is its typed fields).
     manifest.json     written last (a build without it is unfinished): counts (read = kept + rejected, per reason), vocabulary sizes, length stats,
         config hash, versions, file checksums, `layout` (part count and how users were assigned).
 

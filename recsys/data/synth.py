@@ -466,10 +466,18 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--chunk-users", type=int, help="users generated and written per chunk")
     parser.add_argument("--output", type=Path, required=True, help="build directory to write")
+    parser.add_argument("--format", choices=("planted", "taobao"), default="planted",
+                        help="planted = this build directory; taobao = a raw UserBehavior log (recsys/data/synth_taobao.py)")
+    parser.add_argument("--events", type=int, help="taobao: number of events")
+    parser.add_argument("--file-format", choices=("csv", "parquet"), default="csv", help="taobao: output file format")
     parser.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
+    if args.format == "taobao":
+        from recsys.data.synth_taobao import cli_generate
+
+        return cli_generate(args)
     data = read_yaml(args.config) if args.config else {}
     for flag, field in (("users", "num_users"), ("max_len", "max_length"), ("min_len", "min_length"),
                         ("median_len", "length_median"), ("seed", "seed"), ("chunk_users", "chunk_users")):

@@ -1,35 +1,29 @@
-"""The whole build transformation in one process with polars: the reference implementation.
+"""The build's per-user transformation steps (polars), shared by both engines of the streaming build.
 
     events (validated, raw ids) -> vocabularies (dense 1..N by sorted raw id)
       -> encode -> per-user sequences (stable sort on (user, timestamp, input order))
       -> eval_negatives (uniform, never in the user's sequence) and ctr_samples
-      -> parquet outputs + manifest.json
 
-The step functions here are also what each Ray bucket runs (pipelines/build.py): per-user results
-depend only on the user's own events and on the global statistics in `GlobalStats` (vocabularies,
-item popularity, item -> category), so the Ray pipeline reproduces these tables exactly.
+Per-user results depend only on the user's own events and on the global statistics in
+`GlobalStats` (vocabularies, item popularity, item -> category), so running them per user bucket
+(recsys/data/stream_build.py) gives the same rows as running them on all users at once
+(`transform`, the in-memory form kept for tests and small inputs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from recsys.artifacts import library_versions, write_manifest
-from recsys.config import config_hash
-from recsys.data import layout, schema
-from recsys.data.build_config import BuildConfig, resolved_source
+from recsys.data import schema
+from recsys.data.build_config import BuildConfig
 from recsys.data.ctr_samples import build_ctr_samples
 from recsys.data.negatives import eval_negatives
-from recsys.data.readers import read_events
-from recsys.data.validate import Validated
-from recsys.data.vocab import Vocabulary, write_vocabularies
+from recsys.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 ORDER = "order"  # input order of an event (ties in time keep it)
@@ -153,8 +147,9 @@ def transform(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, Glob
 # ---------------------------------------------------------------- writing
 
 
-def length_stats(seqs: pl.DataFrame) -> dict[str, float]:
-    lengths = seqs[schema.SEQ_ITEMS].list.len().to_numpy()
+def length_stats(lengths: np.ndarray) -> dict[str, float]:
+    """Summary of per-user sequence lengths (for the manifest)."""
+    lengths = np.asarray(lengths)
     if lengths.size == 0:
         return {"mean": 0.0, "median": 0.0, "p90": 0.0, "max": 0}
     return {
@@ -164,52 +159,6 @@ def length_stats(seqs: pl.DataFrame) -> dict[str, float]:
         "max": int(lengths.max()),
         "min": int(lengths.min()),
     }
-
-
-def write_build(out: Path, tables: BuildTables, stats: GlobalStats, validated: Validated, cfg: BuildConfig,
-                engine: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / schema.MANIFEST_FILE).unlink(missing_ok=True)  # unfinished until the new manifest is written
-    for name in layout.PER_USER_TABLES:
-        shutil.rmtree(out / name, ignore_errors=True)
-    write_vocabularies(stats.vocabs, out)
-    count = cfg.num_buckets
-    for name, df in ((layout.SEQUENCES, tables.sequences), (layout.EVAL_NEGATIVES, tables.eval_negatives),
-                     (layout.CTR_SAMPLES, tables.ctr_samples)):
-        layout.write_partitioned(out, name, df, layout.part_of(df[schema.USER].to_numpy(), count), count)
-    layout.write_part(validated.rejects, out / schema.REJECTS_FILE)
-    ctr = tables.ctr_samples
-    ctr_counts = {s: int(n) for s, n in ctr.group_by(schema.SPLIT).len().sort(schema.SPLIT).iter_rows()}
-    extra = {
-        "name": cfg.name,
-        "engine": engine,
-        "seed": cfg.seed,
-        "config_hash": config_hash(cfg),
-        "config": cfg.model_dump(mode="json"),
-        "source": resolved_source(cfg).path,
-        "counts": {
-            **validated.summary(),
-            "sequences": tables.sequences.height,
-            "eval_negatives": tables.eval_negatives.height,
-            "ctr_samples": ctr.height,
-            "ctr_samples_by_split": ctr_counts,
-            "ctr_positive_labels": int(ctr[schema.LABEL].cast(pl.Int64).sum()) if ctr.height else 0,
-        },
-        "vocab_sizes": {k: len(v) for k, v in stats.vocabs.items()},
-        "layout": layout.layout_entry(count, "splitmix64(dense user id) % num_parts"),
-        "length_stats": length_stats(tables.sequences),
-        "versions_data": library_versions(),
-    }
-    return write_manifest(out, extra)
-
-
-def build_polars(cfg: BuildConfig, output_dir: str | Path) -> dict:
-    """Run the whole build in this process with polars; returns the manifest."""
-    validated = read_events(resolved_source(cfg), cfg.max_reject_fraction)
-    log.info("read %d rows: kept %d, rejected %d %s", validated.read, validated.kept, validated.rejected,
-             {k: v for k, v in validated.counts.items() if v})
-    tables, stats = transform(validated.events, cfg)
-    return write_build(Path(output_dir), tables, stats, validated, cfg, engine="polars")
 
 
 def manifest_summary(manifest: dict) -> str:

@@ -15,11 +15,12 @@ import pytest
 from recsys.data import layout, schema
 from recsys.data.build_config import BuildConfig, CtrConfig
 from recsys.data.readers import SourceConfig
-from recsys.data.transform import build_polars
+from recsys.data.build_run import build_polars
 
 pytestmark = pytest.mark.ray
+TAOBAO = "taobao-userbehavior-sample/UserBehavior_sample.csv"
 TABLES = [f"{t}/{layout.part_name(p)}" for t in layout.PER_USER_TABLES for p in range(4)] + [
-    schema.REJECTS_FILE, f"{schema.VOCAB_DIR}/{schema.USERS_VOCAB}", f"{schema.VOCAB_DIR}/{schema.ITEMS_VOCAB}"]
+    *[f"rejects/{layout.part_name(p)}" for p in range(4)], f"{schema.VOCAB_DIR}/{schema.USERS_VOCAB}", f"{schema.VOCAB_DIR}/{schema.ITEMS_VOCAB}"]
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +94,22 @@ def test_config_placeholders_and_errors(tmp_path: Path) -> None:
     assert args.func(args) == 2  # unknown key 'strat' named by the config loader
     with pytest.raises(ValueError, match="ctr.start"):
         CtrConfig(start=1)
+
+
+def test_ray_failure_names_the_problem_and_leaves_no_manifest(ray_session, shared_data: Path, tmp_path: Path) -> None:
+    import polars as pl
+
+    from pipelines.build import build_ray
+
+    out = tmp_path / "out"
+    good = BuildConfig(name="tb", source=SourceConfig(format="taobao_csv", path=str(shared_data / TAOBAO)), num_buckets=2)
+    build_ray(good, out)
+    assert (out / schema.MANIFEST_FILE).is_file()
+    # the second file lacks the mapped item column: its worker fails, the error names file and column
+    pl.DataFrame({"u": [1, 2], "i": [3, 4], "t": [5, 6]}).write_parquet(tmp_path / "a.parquet")
+    pl.DataFrame({"u": [1, 2], "item": [3, 4], "t": [5, 6]}).write_parquet(tmp_path / "b.parquet")
+    bad = BuildConfig(name="x", source=SourceConfig(format="table", path=str(tmp_path / "*.parquet"),
+                                                    columns={"user_id": "u", "item_id": "i", "timestamp": "t"}))
+    with pytest.raises(ValueError, match=r"b\.parquet: missing required column\(s\) \['i'\]"):
+        build_ray(bad, out)
+    assert sorted(p.name for p in out.iterdir()) == []  # old build's manifest and tables gone, no partial new one

@@ -15,7 +15,7 @@ from recsys.data.build_config import BuildConfig, CtrConfig
 from recsys.data.ctr_samples import target_positions
 from recsys.data.readers import SourceConfig
 from recsys.data.sequences import JaggedSequences
-from recsys.data.transform import build_polars
+from recsys.data.build_run import build_polars
 from recsys.data.vocab import load_vocabularies
 
 TAOBAO = "taobao-userbehavior-sample/UserBehavior_sample.csv"
@@ -117,7 +117,7 @@ def test_two_runs_byte_identical(shared_data: Path, tmp_path: Path, taobao_build
     first = json.loads((taobao_build / schema.MANIFEST_FILE).read_text())["files"]
     second = json.loads((tmp_path / "again" / schema.MANIFEST_FILE).read_text())["files"]
     parts = layout.num_parts(taobao_build)
-    assert first == second and len(first) == 3 * parts + 4  # 3 per-user tables in parts + rejects + 3 vocabularies
+    assert first == second and len(first) == 4 * parts + 3  # 3 per-user tables and the rejects in parts + 3 vocabularies
     other = tmp_path / "seed1"
     build_polars(_cfg(shared_data, seed=1), other)
     assert layout.read_table(other, layout.EVAL_NEGATIVES) != layout.read_table(taobao_build, layout.EVAL_NEGATIVES)
