@@ -59,7 +59,6 @@ VOCAB_DIR = "vocab"
 USERS_VOCAB = "users.parquet"
 ITEMS_VOCAB = "items.parquet"
 CATEGORIES_VOCAB = "categories.parquet"
-REJECTS_FILE = "rejects.parquet"
 MANIFEST_FILE = "manifest.json"
 
 EVENT_SCHEMA = pa.schema(
