@@ -8,7 +8,7 @@ Why it looks like this:
   with an all-reduce (so any model works, no DDP wrapper needed) and rank 0's validation result
   drives early stopping on every rank.
 - Resume is exact: a checkpoint written at the end of every epoch holds the model, the optimizer
-  state, the task generator, torch's default RNG (dropout) and the loop counters, so a killed and
+  state, every rank's task generator and torch RNG (dropout) and the loop counters, so a killed and
   resumed run ends with parameters identical to an uninterrupted one (tested).
   Checkpoint format: recsys/checkpoints.py.
 - One epoch is `_train_epoch` (steps, budget check, the epoch's log record), then `_validate`
@@ -40,6 +40,7 @@ from recsys.checkpoints import (
     atomic_save,
     atomic_write_text,
     load_checkpoint,
+    rng_states,
     save_checkpoint,
     unwrap,
 )
@@ -279,7 +280,7 @@ def _start(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: P
                  writer=None, clock=budget_timer(cfg.budget_clock))
     state = LoopState(ema_decay=cfg.ema_decay, primary_metric=task.primary_metric)
     if resume and loop.ckpt_path.exists():
-        saved = load_checkpoint(loop.ckpt_path, model, opt, generator, ema)
+        saved = load_checkpoint(loop.ckpt_path, model, opt, generator, ema, rank=rank)
         for key, now in (("ema_decay", cfg.ema_decay), ("primary_metric", task.primary_metric)):
             if key in saved and saved[key] != now:
                 raise ValueError(f"{loop.ckpt_path}: the run was started with {key} {saved[key]!r}, now {now!r}; "
@@ -401,14 +402,29 @@ def _validate(loop: _Loop, state: LoopState, epoch: int, record: dict[str, Any])
         state.stopped = "early_stopped"
 
 
+def _gather_rng(loop: _Loop) -> list[dict[str, torch.Tensor]]:
+    """Every rank's `rng_states`, by rank (on every rank; one all-gather per state)."""
+    local = rng_states(loop.generator)
+    if not loop.distributed:
+        return [local]
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(loop.world_size)]
+    for name, value in local.items():  # fixed-size byte tensors: the same shape on every rank
+        out = [torch.empty_like(value, device=loop.device) for _ in range(loop.world_size)]
+        torch.distributed.all_gather(out, value.to(loop.device))
+        for r, t in enumerate(out):
+            ranks[r][name] = t.cpu()
+    return ranks
+
+
 def _end_epoch(loop: _Loop, state: LoopState, epoch: int, record: dict[str, Any],
                on_epoch_end: Callable[[int, Path], None] | None) -> None:
     """After a full epoch: the training seconds so far, the checkpoint (rank 0), then the hook."""
     state.epoch = epoch
     state.train_seconds += loop.clock() - loop.start
     loop.start = loop.clock()
+    rng = _gather_rng(loop)  # a collective: every rank's random states go into rank 0's checkpoint
     if loop.is_main:
-        save_checkpoint(loop.ckpt_path, loop.model, loop.opt, loop.generator, state.to_json(), loop.ema)
+        save_checkpoint(loop.ckpt_path, loop.model, loop.opt, rng, state.to_json(), loop.ema)
     if on_epoch_end is not None:
         on_epoch_end(epoch, loop.ckpt_path)
     if loop.is_main:
