@@ -93,6 +93,21 @@ def rng_states(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return states
 
 
+def gather_rng_states(generator: torch.Generator, world_size: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's `rng_states`, by rank, on every rank (a collective when world_size > 1: every
+    rank calls it; one all-gather per state, on `device`, the process group's)."""
+    local = rng_states(generator)
+    if world_size <= 1:
+        return [local]
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(world_size)]
+    for name, value in local.items():  # fixed-size byte tensors: the same shape on every rank
+        out = [torch.empty_like(value, device=device) for _ in range(world_size)]
+        torch.distributed.all_gather(out, value.to(device))
+        for r, t in enumerate(out):
+            ranks[r][name] = t.cpu()
+    return ranks
+
+
 def save_checkpoint(
     path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: list[dict[str, torch.Tensor]],
     state: dict[str, Any], ema: torch.nn.Module | None = None,

@@ -39,8 +39,8 @@ from recsys.checkpoints import (
     CHECKPOINT_JSON,
     atomic_save,
     atomic_write_text,
+    gather_rng_states,
     load_checkpoint,
-    rng_states,
     save_checkpoint,
     unwrap,
 )
@@ -402,27 +402,13 @@ def _validate(loop: _Loop, state: LoopState, epoch: int, record: dict[str, Any])
         state.stopped = "early_stopped"
 
 
-def _gather_rng(loop: _Loop) -> list[dict[str, torch.Tensor]]:
-    """Every rank's `rng_states`, by rank (on every rank; one all-gather per state)."""
-    local = rng_states(loop.generator)
-    if not loop.distributed:
-        return [local]
-    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(loop.world_size)]
-    for name, value in local.items():  # fixed-size byte tensors: the same shape on every rank
-        out = [torch.empty_like(value, device=loop.device) for _ in range(loop.world_size)]
-        torch.distributed.all_gather(out, value.to(loop.device))
-        for r, t in enumerate(out):
-            ranks[r][name] = t.cpu()
-    return ranks
-
-
 def _end_epoch(loop: _Loop, state: LoopState, epoch: int, record: dict[str, Any],
                on_epoch_end: Callable[[int, Path], None] | None) -> None:
     """After a full epoch: the training seconds so far, the checkpoint (rank 0), then the hook."""
     state.epoch = epoch
     state.train_seconds += loop.clock() - loop.start
     loop.start = loop.clock()
-    rng = _gather_rng(loop)  # a collective: every rank's random states go into rank 0's checkpoint
+    rng = gather_rng_states(loop.generator, loop.world_size if loop.distributed else 1, loop.device)  # every rank calls it
     if loop.is_main:
         save_checkpoint(loop.ckpt_path, loop.model, loop.opt, rng, state.to_json(), loop.ema)
     if on_epoch_end is not None:
