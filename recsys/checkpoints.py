@@ -1,10 +1,10 @@
 """Exact-resume checkpoints of the training loop (recsys/train.py).
 
 One safetensors file holds every tensor (model, optimizer state, weight average, and the RNG
-states of every rank: `rng.{rank}.{generator,torch,cuda}`, so a resumed worker draws what an
-uninterrupted one would; no pickle); its metadata carries the JSON-serialisable rest (the loop state and the optimizer's
-scalars). It is written to a temp file and moved in place with `os.replace` (atomic);
-`checkpoint.json` next to it is the same JSON for humans.
+states of every rank, `rng.{rank}.{generator,torch,cuda}`, so a resumed worker draws what an
+uninterrupted one would; no pickle); its metadata carries the JSON-serialisable rest (the loop
+state and the optimizer's scalars). It is written to a temp file and moved in place with
+`os.replace` (atomic); `checkpoint.json` next to it is the same JSON for humans.
 """
 
 from __future__ import annotations
