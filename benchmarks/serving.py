@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.serving_rows import Bench, fmt_list, grid_rows, overhead_rows
+
 NUM_ITEMS, NUM_CATS = 50_000, 100
 LENGTHS = (100, 2000, 10_000)
 CANDS = (100, 512)
@@ -278,10 +280,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fmt_list(xs: list[float]) -> str:
-    return "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -319,16 +317,8 @@ def main() -> None:
     run(args)
 
 
-def run(args: argparse.Namespace) -> None:
-    from benchmarks.results import row, write_rows
-
-    cands_grid = tuple(int(x) for x in args.cands.split(","))
-    lengths_grid = tuple(int(x) for x in args.lengths.split(","))
-    conc_grid = tuple(int(x) for x in args.concurrency.split(","))
-    assert set(lengths_grid) <= set(LENGTHS), f"--lengths: subset of {LENGTHS}"
-    from serving.models import resolve_device
-
-    resolve_device(args.device)  # a CUDA request on a machine without one fails here, by name
+def bench_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (every row carries it)."""
     if args.targets:
         command = f".venv/bin/python -m benchmarks.serving --targets --seconds {args.seconds:g} --repeats {args.repeats}"
     else:
@@ -342,135 +332,133 @@ def run(args: argparse.Namespace) -> None:
         command += f" --device {args.device}"
     if args.targets and args.out != "serving_targets":
         command += f" --out {args.out}"
+    return command
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """Parse the grids, check the device, fill the store, draw the candidate sets."""
+    from benchmarks.results import cpu_name, device_name
+    from serving.models import resolve_device
+
+    cands_grid = tuple(int(x) for x in args.cands.split(","))
+    lengths_grid = tuple(int(x) for x in args.lengths.split(","))
+    conc_grid = tuple(int(x) for x in args.concurrency.split(","))
+    assert set(lengths_grid) <= set(LENGTHS), f"--lengths: subset of {LENGTHS}"
+    resolve_device(args.device)  # a CUDA request on a machine without one fails here, by name
+    command = bench_command(args)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serving_"))
     db = tmp / "state.sqlite3"
     fill_store(db)
     rng = np.random.default_rng(2)
     cand_sets = {c: [rng.integers(1, NUM_ITEMS + 1, c).tolist() for _ in range(32)] for c in sorted({*cands_grid, 100, 512})}
-    user_of = {length: user for user, length in enumerate(LENGTHS, start=1)}
-    rows = []
     client = ("wrk 4.1 client (1 thread, 1 connection per concurrent request)" if args.client == "wrk"
               else "httpx async client in a separate process")
     lone = "lone requests scored on the event loop" if not args.no_inline else "every batch in the batch thread"
     base = (f"loopback HTTP POST /v1/score, {client}, uvicorn 1 worker (uvloop+httptools),"
             f" SQLite store, cached per-user state, freshly initialised weights, /v1/score fast path {'off' if args.no_fast_path else 'on'},"
             f" {lone}, {args.repeats} repeats x {args.seconds:g} s interleaved across L, median over repeats")
-
-    from benchmarks.results import cpu_name, device_name
-
     # the device that scored: the GPU's name only when the model ran on it (the client is always the CPU)
     serving_device = device_name() if args.device.startswith("cuda") else "CPU: " + cpu_name()
-    def add(model: str, protocol: str, metric: str, value: float, reference: float | None = None,
-            ratio: float | None = None) -> None:
-        if ratio is None and reference not in (None, 0):
-            ratio = value / reference
-        rows.append(row(name=args.out, model=model, dataset=f"synthetic ids ({NUM_ITEMS} items)", protocol=protocol,
-                        metric=metric, value=round(value, 4), reference=None if reference is None else round(reference, 4),
-                        ratio=None if ratio is None else round(ratio, 4), seed=0, command=command,
-                        device=serving_device))
-        print(f"{model:5s} {protocol[len(base) + 2:] if protocol.startswith(base) else protocol[:150]:70s} {metric:14s} {value:9.3f}"
-              + ("" if reference is None else f"  ref {reference:.3f}") + ("" if ratio is None else f"  ratio {ratio:.3f}"), flush=True)
+    user_of = {length: user for user, length in enumerate(LENGTHS, start=1)}
+    return Bench(args, command, db, cand_sets, client, base, serving_device, cands_grid, lengths_grid, conc_grid,
+                 user_of, dataset=f"synthetic ids ({NUM_ITEMS} items)")
 
-    if args.http_floor:  # uvicorn + bare ASGI app answering with a body of the C=512 response size
-        port = free_port()
-        size = 512 * 20 + 120
-        proc = start("sdim", db, port, 1, floor=size)
+
+def http_floor(b: Bench) -> None:
+    """uvicorn + a bare ASGI app answering with a body of the C=512 response size."""
+    args = b.args
+    port = free_port()
+    size = 512 * 20 + 120
+    proc = start("sdim", b.db, port, 1, floor=size)
+    try:
+        floor = [load_wrk(port, 0, b.cand_sets[512], 1, args.seconds, warm=False)["p50_ms"] for _ in range(args.repeats)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    b.add("none", f"HTTP floor: {b.client}, uvicorn 1 worker (uvloop+httptools), bare ASGI app answering every POST with a fixed"
+          f" {size}-byte body (no parsing, no scoring), C=512 request bodies, concurrency=1, {args.repeats} repeats x {args.seconds:g} s,"
+          f" median of p50 (repeats {fmt_list(floor)})", "http_floor_p50_ms", float(np.median(floor)))
+
+
+def measure_cell(b: Bench, port: int, c: int, length: int, conc: int) -> dict:
+    """One load run of a grid cell, with the server's own app and scoring times over it."""
+    m0 = server_seconds(port)
+    load1 = os.getloadavg()[0]
+    out = run_load(b.args.client, port, b.user_of[length], b.cand_sets[c], conc, b.args.seconds, b.args.max_requests)
+    m1 = server_seconds(port)
+    assert out["errors"] == 0, out
+    out["load"] = load1
+    n_app, n_batch = m1["app_count"] - m0["app_count"], m1["batch_count"] - m0["batch_count"]
+    out["app_ms"] = (m1["app_sum"] - m0["app_sum"]) / max(n_app, 1) * 1e3
+    out["score_ms"] = (m1["batch_sum"] - m0["batch_sum"]) / max(n_batch, 1) * 1e3
+    out["batch"] = n_app / max(n_batch, 1)
+    return out
+
+
+def measure_grid(b: Bench, model: str, port: int) -> tuple[dict[tuple[int, int, int], list[dict]], list[float]]:
+    """Every (C, L, concurrency) cell, `repeats` times interleaved across L; and the in-process
+    scoring time at C=512, L=10000 once per repeat (when that cell is in the grid)."""
+    args = b.args
+    proc = start(model, b.db, port, args.max_batch, not args.no_fast_path, not args.no_inline, device=args.device)
+    res: dict[tuple[int, int, int], list[dict]] = {}
+    inproc: list[float] = []
+    try:
+        for r in range(args.repeats):
+            for c in b.cands_grid:
+                for conc in b.conc_grid:
+                    for length in b.lengths_grid:
+                        out = measure_cell(b, port, c, length, conc)
+                        res.setdefault((c, length, conc), []).append(out)
+                        print(f"  repeat {r} C={c} L={length} conc={conc}: p50 {out['p50_ms']:.2f} p99 {out['p99_ms']:.2f} ms,"
+                              f" {out['rps']:.0f} rps, n={out['n']}, load {out['load']:.1f}", flush=True)
+            if 512 in b.cands_grid and 10_000 in b.lengths_grid and 1 in b.conc_grid:
+                inproc.append(in_process_ms(model, b.db, b.user_of[10_000], b.cand_sets[512], device=args.device))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return res, inproc
+
+
+def batching_rows(b: Bench, model: str, port: int) -> None:
+    """Throughput and p99 with max_batch 16 against 1 (C=100, L=2000, concurrency 64)."""
+    args = b.args
+    both = {}
+    for max_batch in (16, 1):
+        proc = start(model, b.db, port, max_batch, not args.no_fast_path, not args.no_inline, device=args.device)
         try:
-            floor = [load_wrk(port, 0, cand_sets[512], 1, args.seconds, warm=False)["p50_ms"] for _ in range(args.repeats)]
+            both[max_batch] = [run_load(args.client, port, 2, b.cand_sets[100], 64, args.seconds, args.max_requests)
+                               for _ in range(args.repeats)]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        add("none", f"HTTP floor: {client}, uvicorn 1 worker (uvloop+httptools), bare ASGI app answering every POST with a fixed"
-            f" {size}-byte body (no parsing, no scoring), C=512 request bodies, concurrency=1, {args.repeats} repeats x {args.seconds:g} s,"
-            f" median of p50 (repeats {fmt_list(floor)})", "http_floor_p50_ms", float(np.median(floor)))
+    b16, b1 = both[16], both[1]
+    proto = (f"{b.base}, C=100, L=2000, concurrency=64, max_batch=16 (repeats {{a}}) vs max_batch=1 (repeats {{b}})")
+    b.add(model, proto.format(a=fmt_list([o["rps"] for o in b16]), b=fmt_list([o["rps"] for o in b1])) + ": throughput",
+          "batching_rps", float(np.median([o["rps"] for o in b16])), float(np.median([o["rps"] for o in b1])))
+    b.add(model, proto.format(a=fmt_list([o["p99_ms"] for o in b16]), b=fmt_list([o["p99_ms"] for o in b1])) + ": p99",
+          "batching_p99_ms", float(np.median([o["p99_ms"] for o in b16])), float(np.median([o["p99_ms"] for o in b1])))
 
+
+def run(args: argparse.Namespace) -> None:
+    """The whole benchmark: HTTP floor (optional), then per model the grid, its derived rows and
+    the batching comparison; rows written to benchmarks/results/<out>.json."""
+    from benchmarks.results import write_rows
+
+    b = setup(args)
+    if args.http_floor:
+        http_floor(b)
     for model in args.models.split(","):
         port = free_port()
-        proc = start(model, db, port, args.max_batch, not args.no_fast_path, not args.no_inline, device=args.device)
-        res: dict[tuple[int, int, int], list[dict]] = {}
-        inproc: list[float] = []
-        try:
-            for r in range(args.repeats):
-                for c in cands_grid:
-                    for conc in conc_grid:
-                        for length in lengths_grid:
-                            m0 = server_seconds(port)
-                            load1 = os.getloadavg()[0]
-                            out = run_load(args.client, port, user_of[length], cand_sets[c], conc, args.seconds, args.max_requests)
-                            m1 = server_seconds(port)
-                            assert out["errors"] == 0, out
-                            out["load"] = load1
-                            n_app, n_batch = m1["app_count"] - m0["app_count"], m1["batch_count"] - m0["batch_count"]
-                            out["app_ms"] = (m1["app_sum"] - m0["app_sum"]) / max(n_app, 1) * 1e3
-                            out["score_ms"] = (m1["batch_sum"] - m0["batch_sum"]) / max(n_batch, 1) * 1e3
-                            out["batch"] = n_app / max(n_batch, 1)
-                            res.setdefault((c, length, conc), []).append(out)
-                            print(f"  repeat {r} C={c} L={length} conc={conc}: p50 {out['p50_ms']:.2f} p99 {out['p99_ms']:.2f} ms,"
-                                  f" {out['rps']:.0f} rps, n={out['n']}, load {load1:.1f}", flush=True)
-                if 512 in cands_grid and 10_000 in lengths_grid and 1 in conc_grid:
-                    inproc.append(in_process_ms(model, db, user_of[10_000], cand_sets[512], device=args.device))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        res, inproc = measure_grid(b, model, port)
         med = {k: {f: float(np.median([o[f] for o in v])) for f in ("p50_ms", "p99_ms", "rps", "app_ms", "score_ms")}
                for k, v in res.items()}
-        for (c, length, conc), outs in sorted(res.items()):
-            proto = (f"{base}, C={c}, L={length}, concurrency={conc}, requests per repeat {[o['n'] for o in outs]},"
-                     f" 2-core load avg {fmt_list([o['load'] for o in outs])}")
-            add(model, f"{proto}, repeats {fmt_list([o['p50_ms'] for o in outs])}", "p50_ms", med[(c, length, conc)]["p50_ms"])
-            p99s = fmt_list([o["p99_ms"] for o in outs])
-            if model == "sdim" and c == 512 and length == 10_000 and conc == 8:
-                add(model, f"{proto}, repeats {p99s}; target: p99 <= 20 ms, ratio = p99 / 20 ms (<= 1 met)", "p99_ms",
-                    med[(c, length, conc)]["p99_ms"], 20.0)
-            else:
-                add(model, f"{proto}, repeats {p99s}", "p99_ms", med[(c, length, conc)]["p99_ms"])
-            add(model, f"{proto}, repeats {fmt_list([o['rps'] for o in outs])}", "throughput_rps", med[(c, length, conc)]["rps"])
-        for c in cands_grid:  # flatness in L: median p99 at L / median p99 at L=100, target within +-20%
-            for conc in conc_grid:
-                for length in lengths_grid:
-                    if length == 100 or 100 not in lengths_grid:
-                        continue
-                    add(model, f"{base}, C={c}, concurrency={conc}: median p99 at L={length} (repeats"
-                        f" {fmt_list([o['p99_ms'] for o in res[(c, length, conc)]])}) vs at L=100 (repeats"
-                        f" {fmt_list([o['p99_ms'] for o in res[(c, 100, conc)]])}); target: ratio within 0.8-1.2",
-                        "p99_vs_L100", med[(c, length, conc)]["p99_ms"], med[(c, 100, conc)]["p99_ms"])
-        if inproc:  # HTTP + validation overhead at C=512, L=10000, concurrency 1
-            cell = res[(512, 10_000, 1)]
-            http = med[(512, 10_000, 1)]["p50_ms"]
-            ref = float(np.median(inproc))
-            add(model, f"in-process p50 of the handler's scoring call (CTRScorer.encode_items + serving.scoring.run_score_jobs on one"
-                f" job: cached-state check against the SQLite store's event count, scoring), same store and cached state, no HTTP,"
-                f" C=512, L=10000, 300 calls per repeat, median over {len(inproc)} repeats {fmt_list(inproc)}", "inproc_ms", ref)
-            add(model, f"{base}, C=512, L=10000, concurrency=1: overhead = (HTTP p50 - in-process p50) / in-process p50, HTTP p50"
-                f" repeats {fmt_list([o['p50_ms'] for o in cell])}, in-process p50 repeats {fmt_list(inproc)}; value = HTTP p50 -"
-                f" in-process p50 (ms), reference = in-process p50; target: ratio <= 0.30", "http_overhead", http - ref, ref)
-            app_ms, score_ms = med[(512, 10_000, 1)]["app_ms"], med[(512, 10_000, 1)]["score_ms"]
-            add(model, f"server-side split, same runs as http_overhead ({base}, C=512, L=10000, concurrency=1): value = mean"
-                f" time inside the ASGI app for /v1/score (GuardMiddleware histogram: fast-path parse and checks, id mapping,"
-                f" batcher, scoring, serialisation, metrics; not socket I/O or HTTP parsing) - mean scoring call time (batch"
-                f" latency histogram; one request per batch at concurrency 1), reference = that scoring time; app repeats"
-                f" {fmt_list([o['app_ms'] for o in cell])}, scoring repeats {fmt_list([o['score_ms'] for o in cell])} ms",
-                "app_overhead", app_ms - score_ms, score_ms)
-        if args.no_batching_rows:
-            continue
-        both = {}
-        for max_batch in (16, 1):
-            proc = start(model, db, port, max_batch, not args.no_fast_path, not args.no_inline, device=args.device)
-            try:
-                both[max_batch] = [run_load(args.client, port, 2, cand_sets[100], 64, args.seconds, args.max_requests)
-                                   for _ in range(args.repeats)]
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-        b16, b1 = both[16], both[1]
-        proto = (f"{base}, C=100, L=2000, concurrency=64, max_batch=16 (repeats {{a}}) vs max_batch=1 (repeats {{b}})")
-        add(model, proto.format(a=fmt_list([o["rps"] for o in b16]), b=fmt_list([o["rps"] for o in b1])) + ": throughput",
-            "batching_rps", float(np.median([o["rps"] for o in b16])), float(np.median([o["rps"] for o in b1])))
-        add(model, proto.format(a=fmt_list([o["p99_ms"] for o in b16]), b=fmt_list([o["p99_ms"] for o in b1])) + ": p99",
-            "batching_p99_ms", float(np.median([o["p99_ms"] for o in b16])), float(np.median([o["p99_ms"] for o in b1])))
+        grid_rows(b, model, res, med)
+        if inproc:
+            overhead_rows(b, model, res[(512, 10_000, 1)], med[(512, 10_000, 1)], inproc)
+        if not args.no_batching_rows:
+            batching_rows(b, model, port)
     if not args.no_write:
-        print(write_rows(args.out, rows))
-
+        print(write_rows(args.out, b.rows))
 
 if __name__ == "__main__":
     main()

@@ -24,8 +24,7 @@ def pad_jagged(values: torch.Tensor, offsets: torch.Tensor, max_len: int | None 
                padding_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Jagged values [N, ...] + offsets [B+1] -> (right-padded [B, max_len, ...], lengths [B] int64).
 
-    Rows longer than max_len keep their most recent (last) max_len entries, as the reference's
-    `pad_jagged` does.
+    Rows longer than max_len keep their most recent (last) max_len entries.
     """
     if offsets.dim() != 1 or offsets.numel() < 1:
         raise ValueError(f"offsets must be 1-D with B+1 entries, got shape {tuple(offsets.shape)}")

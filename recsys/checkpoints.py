@@ -1,9 +1,10 @@
 """Exact-resume checkpoints of the training loop (recsys/train.py).
 
-One safetensors file holds every tensor (model, optimizer state, weight average, RNG states; no
-pickle); its metadata carries the JSON-serialisable rest (the loop state and the optimizer's
-scalars). It is written to a temp file and moved in place with `os.replace` (atomic);
-`checkpoint.json` next to it is the same JSON for humans.
+One safetensors file holds every tensor (model, optimizer state, weight average, and the RNG
+states of every rank, `rng.{rank}.{generator,torch,cuda}`, so a resumed worker draws what an
+uninterrupted one would; no pickle); its metadata carries the JSON-serialisable rest (the loop
+state and the optimizer's scalars). It is written to a temp file and moved in place with
+`os.replace` (atomic); `checkpoint.json` next to it is the same JSON for humans.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_JSON = "checkpoint.json"
 BEST_FILE = "best.safetensors"
-
-
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -86,30 +85,68 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": _from_jsonable(meta["param_groups"])}
 
 
+def rng_states(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """This process's random states: the task's generator, torch's default (dropout) and CUDA's."""
+    states = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def gather_rng_states(generator: torch.Generator, world_size: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's `rng_states`, by rank, on every rank (a collective when world_size > 1: every
+    rank calls it; one all-gather per state, on `device`, the process group's)."""
+    local = rng_states(generator)
+    if world_size <= 1:
+        return [local]
+    ranks: list[dict[str, torch.Tensor]] = [{} for _ in range(world_size)]
+    for name, value in local.items():  # fixed-size byte tensors: the same shape on every rank
+        out = [torch.empty_like(value, device=device) for _ in range(world_size)]
+        torch.distributed.all_gather(out, value.to(device))
+        for r, t in enumerate(out):
+            ranks[r][name] = t.cpu()
+    return ranks
+
+
 def save_checkpoint(
-    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator, state: dict[str, Any],
-    ema: torch.nn.Module | None = None,
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: list[dict[str, torch.Tensor]],
+    state: dict[str, Any], ema: torch.nn.Module | None = None,
 ) -> None:
-    """Everything needed to continue training exactly, in one atomically written file."""
+    """Everything needed to continue training exactly, in one atomically written file; `rng` holds
+    `rng_states` of every rank, by rank."""
     tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
     opt_tensors, opt_meta = _optimizer_to_flat(opt)
     tensors.update(opt_tensors)
     if ema is not None:  # the averaged copy and its step count
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for rank, states in enumerate(rng):
+        tensors.update({f"rng.{rank}.{name}": v for name, v in states.items()})
     meta = {"loop": state, "optimizer": opt_meta}
     atomic_save(tensors, path, metadata={"json": json.dumps(meta)})
     atomic_write_text(path.with_name(CHECKPOINT_JSON), json.dumps(meta, indent=1, sort_keys=True))
 
 
+def _restore_rng(path: Path, tensors: dict[str, torch.Tensor], generator: torch.Generator, rank: int) -> None:
+    """Set this rank's generator, torch and CUDA random states from the checkpoint's."""
+    prefix = f"rng.{rank}."
+    if prefix + "generator" not in tensors and rank == 0 and "rng.generator" in tensors:
+        prefix = "rng."  # written before per-rank states: its one state is rank 0's
+    if prefix + "generator" not in tensors:
+        saved = sorted({k.split(".")[1] for k in tensors if k.startswith("rng.")})
+        raise ValueError(f"{path}: checkpoint has no random state for rank {rank} (it has ranks {saved}); "
+                         "resume with the number of workers that wrote it, or start over (resume=False)")
+    generator.set_state(tensors[prefix + "generator"])
+    torch.set_rng_state(tensors[prefix + "torch"])
+    if prefix + "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[prefix + "cuda"])
+
+
 def load_checkpoint(
     path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator,
-    ema: torch.nn.Module | None = None,
+    ema: torch.nn.Module | None = None, rank: int = 0,
 ) -> dict[str, Any]:
-    """Restore model/optimizer/RNG state from `save_checkpoint`; returns the loop state."""
+    """Restore model/optimizer state and rank `rank`'s RNG states from `save_checkpoint`; returns
+    the loop state."""
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["json"])
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -126,8 +163,5 @@ def load_checkpoint(
             raise ValueError(f"{path}: checkpoint has no weight average, but train.ema_decay is set "
                              "(it was written by a run without it)")
         ema.load_state_dict(ema_sd, strict=True)
-    generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    _restore_rng(path, tensors, generator, rank)
     return meta["loop"]

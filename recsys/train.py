@@ -8,7 +8,7 @@ Why it looks like this:
   with an all-reduce (so any model works, no DDP wrapper needed) and rank 0's validation result
   drives early stopping on every rank.
 - Resume is exact: a checkpoint written at the end of every epoch holds the model, the optimizer
-  state, the task generator, torch's default RNG (dropout) and the loop counters, so a killed and
+  state, every rank's task generator and torch RNG (dropout) and the loop counters, so a killed and
   resumed run ends with parameters identical to an uninterrupted one (tested).
   Checkpoint format: recsys/checkpoints.py.
 - One epoch is `_train_epoch` (steps, budget check, the epoch's log record), then `_validate`
@@ -39,6 +39,7 @@ from recsys.checkpoints import (
     CHECKPOINT_JSON,
     atomic_save,
     atomic_write_text,
+    gather_rng_states,
     load_checkpoint,
     save_checkpoint,
     unwrap,
@@ -279,7 +280,7 @@ def _start(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: P
                  writer=None, clock=budget_timer(cfg.budget_clock))
     state = LoopState(ema_decay=cfg.ema_decay, primary_metric=task.primary_metric)
     if resume and loop.ckpt_path.exists():
-        saved = load_checkpoint(loop.ckpt_path, model, opt, generator, ema)
+        saved = load_checkpoint(loop.ckpt_path, model, opt, generator, ema, rank=rank)
         for key, now in (("ema_decay", cfg.ema_decay), ("primary_metric", task.primary_metric)):
             if key in saved and saved[key] != now:
                 raise ValueError(f"{loop.ckpt_path}: the run was started with {key} {saved[key]!r}, now {now!r}; "
@@ -407,8 +408,9 @@ def _end_epoch(loop: _Loop, state: LoopState, epoch: int, record: dict[str, Any]
     state.epoch = epoch
     state.train_seconds += loop.clock() - loop.start
     loop.start = loop.clock()
+    rng = gather_rng_states(loop.generator, loop.world_size if loop.distributed else 1, loop.device)  # every rank calls it
     if loop.is_main:
-        save_checkpoint(loop.ckpt_path, loop.model, loop.opt, loop.generator, state.to_json(), loop.ema)
+        save_checkpoint(loop.ckpt_path, loop.model, loop.opt, rng, state.to_json(), loop.ema)
     if on_epoch_end is not None:
         on_epoch_end(epoch, loop.ckpt_path)
     if loop.is_main:

@@ -21,6 +21,14 @@ def test_pad_jagged_keeps_last_entries():
         pad_jagged(values, torch.tensor([0, 5, 3]))
 
 
+
+def test_pad_jagged_rejects_offsets_past_the_values_and_keeps_empty_rows():
+    values = torch.arange(1, 8)
+    out, lengths = pad_jagged(values, torch.tensor([0, 3, 3, 7]), 3)
+    assert out.tolist() == [[1, 2, 3], [0, 0, 0], [5, 6, 7]] and lengths.tolist() == [3, 0, 3]
+    with pytest.raises(ValueError, match="offsets"):
+        pad_jagged(values, torch.tensor([0, 3, 8]), 3)
+
 def test_sdim_ops_grad_matches_reference_autograd():
     g = torch.Generator().manual_seed(0)
     history = torch.randn(3, 20, 8, generator=g, requires_grad=True)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from kernels.reference import (
-    pad_jagged,
     sdim_bucket_table,
     sdim_gather,
     simhash_codes,
@@ -168,11 +167,3 @@ def test_topk_aggregate_gradcheck() -> None:
     indices = torch.tensor([[[0, 3, -1], [2, 1, 0]]])
     values = torch.randn(1, 4, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda s, v: topk_aggregate(s, indices, v), (scores, values))
-
-
-def test_pad_jagged_keeps_most_recent() -> None:
-    values = torch.arange(1, 8)
-    out, lengths = pad_jagged(values, torch.tensor([0, 3, 3, 7]), 3)
-    assert out.tolist() == [[1, 2, 3], [0, 0, 0], [5, 6, 7]] and lengths.tolist() == [3, 0, 3]
-    with pytest.raises(ValueError, match="offsets"):
-        pad_jagged(values, torch.tensor([0, 3, 8]), 3)

@@ -290,3 +290,54 @@ def test_fit_is_the_plain_adam_loop(tmp_path: Path) -> None:
                 assert torch.equal(a, b)
             else:
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class RecordingTask(ToyTask):
+    """ToyTask that records the sample order of every epoch it trains."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.orders: list[torch.Tensor] = []
+
+    def train_batches(self, epoch: int, batch_size: int, generator: torch.Generator,
+                      bucket_by_length: bool = False) -> Iterator[Batch]:
+        perm = torch.randperm(len(self.x), generator=generator)
+        self.orders.append(perm)
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i : i + batch_size]
+            yield {"x": self.x[idx], "y": self.y[idx]}
+
+
+def _two_rank_resume(rank: int, world: int, root: str) -> dict[str, object]:
+    """On each of `world` gloo ranks: an uninterrupted 2-epoch run, then a run killed after epoch 1
+    and resumed (fresh model, task and generator); the orders each saw and the final weights."""
+    runs = {}
+    for name, epochs, run_dir in (("full", 2, "a"), ("part", 1, "b"), ("resumed", 2, "b")):
+        task, model = RecordingTask(), make_model()
+        fit(model, task, cfg(epochs=epochs), Path(root) / run_dir, rank=rank, world_size=world, restore_best=False)
+        runs[name] = {"orders": task.orders, "weights": model.state_dict()}
+    return runs
+
+
+def test_resume_with_two_ranks_restores_each_ranks_random_state(tmp_path: Path) -> None:
+    from tests.recsys.tasks.shards import run_ranks
+
+    ranks = run_ranks(_two_rank_resume, str(tmp_path))
+    full, resumed = ranks[1]["full"], ranks[1]["resumed"]
+    assert len(resumed["orders"]) == 1  # rank 1 re-ran epoch 2 only ...
+    assert torch.equal(resumed["orders"][0], full["orders"][1])  # ... in the uninterrupted order
+    assert not torch.equal(ranks[0]["full"]["orders"][1], full["orders"][1])  # (ranks draw differently)
+    for r in range(2):  # and every rank ends with the uninterrupted weights (rank 1's dropout included)
+        for name, p in ranks[r]["full"]["weights"].items():
+            assert torch.equal(p, ranks[r]["resumed"]["weights"][name]), (r, name)
+
+
+def test_resume_names_a_rank_the_checkpoint_lacks(tmp_path: Path) -> None:
+    from recsys.checkpoints import load_checkpoint
+    from recsys.train import make_optimizer
+
+    fit(make_model(), ToyTask(), cfg(epochs=1), tmp_path)  # one worker: rank 0's state only
+    model = make_model()
+    with pytest.raises(ValueError, match="no random state for rank 1"):
+        load_checkpoint(tmp_path / "checkpoints" / "checkpoint.safetensors", model, make_optimizer(model, cfg()),
+                        torch.Generator(), rank=1)
