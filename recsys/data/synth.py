@@ -40,13 +40,10 @@ is one chunk (10^6 users fit). Deterministic for (config, seed): chunk c uses th
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import platform
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +52,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from recsys.config import ConfigError, StrictModel, config_hash, parse_config, read_yaml
+from recsys.artifacts import sha256_file
+from recsys.config import StrictModel, config_hash
 from recsys.data import layout, schema
 from recsys.data.vocab import Vocabulary, write_vocabularies
 
@@ -223,21 +221,65 @@ class Chunk:
 
 
 def generate_chunk(world: World, user_ids: np.ndarray, chunk_index: int) -> Chunk:
-    """Users `user_ids` (dense ids): their histories, CTR samples, planted truth and eval negatives."""
-    cfg = world.cfg
-    rng = np.random.default_rng([cfg.seed, 1, chunk_index])
-    u = len(user_ids)
-    k, m, imax = cfg.num_clusters, cfg.items_per_cluster, cfg.interests_max
+    """Users `user_ids` (dense ids): their histories, CTR samples, planted truth and eval negatives.
+    The steps draw from one generator in a fixed order, so a chunk depends only on (seed, chunk)."""
+    rng = np.random.default_rng([world.cfg.seed, 1, chunk_index])
+    users = _draw_users(world, rng, len(user_ids))
+    ev = _draw_events(world, rng, users)
+    smp = _draw_samples(world, rng, users, ev)
+    relevant = _planted_positions(world, ev, smp)
+    negatives = _eval_negatives(rng, ev.row, ev.items, len(user_ids), world.cfg.num_items)
+    return _chunk_tables(world, user_ids.astype(np.int64), users, ev, smp, relevant, negatives)
 
-    # --- users: length, interests (cols 1..I), drift cluster (col 0), tastes
+
+@dataclass
+class _Users:
+    lengths: np.ndarray  # [U] history length
+    n_int: np.ndarray  # [U] number of long-term interests
+    clusters: np.ndarray  # [U, I+1] drift cluster (col 0), interests (cols 1..I)
+    tastes: np.ndarray  # [U, I+1, d]
+
+
+@dataclass
+class _Events:
+    offsets: np.ndarray  # [U+1]
+    row: np.ndarray  # [E] user row of each event
+    pos: np.ndarray  # [E] position in the user's history
+    items: np.ndarray  # [E]
+    times: np.ndarray  # [E]
+    cats: np.ndarray  # [E]
+    masked_clusters: np.ndarray  # [U, I+1] the user's clusters, -1 beyond its interests
+
+
+@dataclass
+class _Samples:
+    split: np.ndarray  # [S] train/valid/test
+    srow: np.ndarray  # [S] user row
+    prefix: np.ndarray  # [S] history length before the target
+    kind: np.ndarray  # [S] 0 long-term, 1 drift, 2 other
+    tcluster: np.ndarray  # [S] target cluster
+    titem: np.ndarray  # [S] target item
+    clean: np.ndarray  # [S] noise-free click logit
+    label: np.ndarray  # [S] int8
+
+
+def _draw_users(world: World, rng: np.random.Generator, u: int) -> _Users:
+    """Length, interests (cols 1..I), drift cluster (col 0) and tastes of `u` users."""
+    cfg, k, imax = world.cfg, world.cfg.num_clusters, world.cfg.interests_max
     lengths = np.rint(np.exp(rng.normal(np.log(cfg.length_median), cfg.length_sigma, u))).astype(np.int64)
     lengths = np.clip(lengths, cfg.min_length, cfg.max_length)
     n_int = rng.integers(cfg.interests_min, imax + 1, size=u)
     keys = world.cluster_logp[None, :] + rng.gumbel(size=(u, k))  # weighted sampling w/o replacement
-    user_clusters = np.argsort(-keys, axis=1)[:, : imax + 1]  # [U, I+1]
+    clusters = np.argsort(-keys, axis=1)[:, : imax + 1]  # [U, I+1]
     tastes = _unit(rng.standard_normal((u, imax + 1, cfg.latent_dim)))  # [U, I+1, d]
+    return _Users(lengths, n_int, clusters, tastes)
 
-    # --- events: row, position
+
+def _draw_events(world: World, rng: np.random.Generator, us: _Users) -> _Events:
+    """Every event of the users: planted long-term and drift behaviours, noise, times, categories."""
+    cfg, m, imax = world.cfg, world.cfg.items_per_cluster, world.cfg.interests_max
+    lengths, n_int = us.lengths, us.n_int
+    u = len(lengths)
     offsets = np.zeros(u + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     e = int(offsets[-1])
@@ -257,17 +299,17 @@ def generate_chunk(world: World, user_ids: np.ndarray, chunk_index: int) -> Chun
     rank = np.arange(len(ranked)) - deep_start[row[ranked]]
     is_lt = rank < n_lt[row[ranked]]
     lt_events = ranked[is_lt]
-    lt_interest = 1 + rank[is_lt] % n_int[row[lt_events]]  # column in user_clusters / tastes
-    items[lt_events] = _taste_items(world, rng, user_clusters[row[lt_events], lt_interest],
-                                    tastes[row[lt_events], lt_interest])
+    lt_interest = 1 + rank[is_lt] % n_int[row[lt_events]]  # column in clusters / tastes
+    items[lt_events] = _taste_items(world, rng, us.clusters[row[lt_events], lt_interest],
+                                    us.tastes[row[lt_events], lt_interest])
 
     # drift behaviours: recent positions with probability drift_rate
     recent = pos >= length_e - cfg.drift_window
     drift_events = np.flatnonzero(recent & (rng.random(e) < cfg.drift_rate))
-    items[drift_events] = _taste_items(world, rng, user_clusters[row[drift_events], 0], tastes[row[drift_events], 0])
+    items[drift_events] = _taste_items(world, rng, us.clusters[row[drift_events], 0], us.tastes[row[drift_events], 0])
 
     # noise: popular items of clusters that are none of the user's
-    masked_clusters = np.where(np.arange(imax + 1)[None, :] <= n_int[:, None], user_clusters, -1)
+    masked_clusters = np.where(np.arange(imax + 1)[None, :] <= n_int[:, None], us.clusters, -1)
     noise = np.flatnonzero(items == 0)
     nc = _other_clusters(world, rng, row[noise], masked_clusters)
     items[noise] = nc * m + 1 + rng.choice(m, size=len(noise), p=world.item_p)
@@ -275,74 +317,76 @@ def generate_chunk(world: World, user_ids: np.ndarray, chunk_index: int) -> Chun
     gaps = np.maximum(1, rng.exponential(cfg.mean_gap_seconds, e).astype(np.int64))
     csum = np.cumsum(gaps)
     times = cfg.start_time + csum - np.concatenate([[0], csum])[offsets[:-1]][row]
-    cats = world.category_of(items)
+    return _Events(offsets, row, pos, items, times, world.category_of(items), masked_clusters)
 
-    # --- samples
+
+def _draw_samples(world: World, rng: np.random.Generator, us: _Users, ev: _Events) -> _Samples:
+    """CTR samples: per split and user, a target from a long-term interest, the drift cluster or
+    another cluster, and its label drawn from the planted click model."""
+    cfg, m = world.cfg, world.cfg.items_per_cluster
+    u = len(us.lengths)
     per_split = [("train", cfg.train_targets), ("valid", cfg.valid_targets), ("test", cfg.test_targets)]
-    s_split, s_row = [], []
-    for name, count in per_split:
-        s_split.append(np.full(u * count, name, dtype=object))
-        s_row.append(np.repeat(np.arange(u), count))
-    split = np.concatenate(s_split)
-    srow = np.concatenate(s_row).astype(np.int64)
+    split = np.concatenate([np.full(u * count, name, dtype=object) for name, count in per_split])
+    srow = np.concatenate([np.repeat(np.arange(u), count) for _, count in per_split]).astype(np.int64)
     ns = len(srow)
-    offset_of = {name: off for name, off in SPLIT_OFFSETS.items()}
-    prefix = lengths[srow] - np.array([offset_of[s] for s in split], dtype=np.int64)
+    prefix = us.lengths[srow] - np.array([SPLIT_OFFSETS[s] for s in split], dtype=np.int64)
     r = rng.random(ns)
-    kind = np.where(r < cfg.target_mix.long_term, 0, np.where(r < cfg.target_mix.long_term + cfg.target_mix.drift, 1, 2))
-    col = np.where(kind == 0, 1 + (rng.random(ns) * n_int[srow]).astype(np.int64), 0)
-    tcluster = user_clusters[srow, col]
+    mix = cfg.target_mix
+    kind = np.where(r < mix.long_term, 0, np.where(r < mix.long_term + mix.drift, 1, 2))
+    col = np.where(kind == 0, 1 + (rng.random(ns) * us.n_int[srow]).astype(np.int64), 0)
+    tcluster = us.clusters[srow, col]
     other = kind == 2
-    tcluster[other] = _other_clusters(world, rng, srow[other], masked_clusters)
+    tcluster[other] = _other_clusters(world, rng, srow[other], ev.masked_clusters)
     titem = tcluster * m + 1 + rng.integers(0, m, size=ns)
-    align = np.einsum("sd,sd->s", world.latent[titem], tastes[srow, col])
+    align = np.einsum("sd,sd->s", world.latent[titem], us.tastes[srow, col])
     weight = np.select([kind == 0, kind == 1], [cfg.long_term_weight, cfg.drift_weight], 0.0)
     clean = cfg.label_bias + world.bias[titem] + weight * align  # what an oracle knowing z, t and b can know
     logit = clean + rng.normal(0.0, cfg.label_noise, ns)
     label = (rng.random(ns) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+    return _Samples(split, srow, prefix, kind, tcluster, titem, clean, label)
 
-    # --- planted truth: positions < prefix whose item is in the target's cluster
-    ekey = row * k + world.cluster_of(items)
+
+def _planted_positions(world: World, ev: _Events, smp: _Samples) -> pa.ListArray:
+    """Per sample: the history positions < prefix whose item is in the target's cluster (none for
+    an "other" target)."""
+    k = world.cfg.num_clusters
+    ekey = ev.row * k + world.cluster_of(ev.items)
     eorder = np.argsort(ekey, kind="stable")  # by (user, cluster), then position
-    skey = srow * k + tcluster
+    skey = smp.srow * k + smp.tcluster
     lo = np.searchsorted(ekey[eorder], skey, side="left")
     hi = np.searchsorted(ekey[eorder], skey, side="right")
     cnt = hi - lo
     idx = np.repeat(lo - np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt) + np.arange(int(cnt.sum()))
-    cand_pos = pos[eorder[idx]]
-    keep = (cand_pos < np.repeat(prefix, cnt)) & np.repeat(kind != 2, cnt)  # "other": nothing planted
-    rel_counts = np.bincount(np.repeat(np.arange(ns), cnt)[keep], minlength=ns)
+    cand_pos = ev.pos[eorder[idx]]
+    keep = (cand_pos < np.repeat(smp.prefix, cnt)) & np.repeat(smp.kind != 2, cnt)  # "other": nothing planted
+    rel_counts = np.bincount(np.repeat(np.arange(len(smp.srow)), cnt)[keep], minlength=len(smp.srow))
     rel_offsets = np.concatenate([[0], np.cumsum(rel_counts)]).astype(np.int32)
-    relevant = pa.ListArray.from_arrays(pa.array(rel_offsets), pa.array(cand_pos[keep].astype(np.int64)))
+    return pa.ListArray.from_arrays(pa.array(rel_offsets), pa.array(cand_pos[keep].astype(np.int64)))
 
-    # --- eval negatives: NUM_EVAL_NEGATIVES distinct items not in the user's history
-    negatives = _eval_negatives(rng, row, items, u, cfg.num_items)
 
-    uid = user_ids.astype(np.int64)
-    off32 = pa.array(offsets.astype(np.int32))
+def _chunk_tables(world: World, uid: np.ndarray, us: _Users, ev: _Events, smp: _Samples, relevant: pa.ListArray,
+                  negatives: np.ndarray) -> Chunk:
+    """The chunk's four Arrow tables (sequences, samples, planted truth, eval negatives)."""
+    u = len(uid)
+    off32 = pa.array(ev.offsets.astype(np.int32))
     seq = pa.table({
         schema.USER: pa.array(uid),
-        schema.SEQ_ITEMS: pa.ListArray.from_arrays(off32, pa.array(items)),
-        schema.SEQ_TIMES: pa.ListArray.from_arrays(off32, pa.array(times.astype(np.int64))),
-        schema.SEQ_CATEGORIES: pa.ListArray.from_arrays(off32, pa.array(cats.astype(np.int64))),
+        schema.SEQ_ITEMS: pa.ListArray.from_arrays(off32, pa.array(ev.items)),
+        schema.SEQ_TIMES: pa.ListArray.from_arrays(off32, pa.array(ev.times.astype(np.int64))),
+        schema.SEQ_CATEGORIES: pa.ListArray.from_arrays(off32, pa.array(ev.cats.astype(np.int64))),
     })
-    split_arr = pa.array(split.astype(str))
+    split_arr = pa.array(smp.split.astype(str))
+    prefix = pa.array(smp.prefix.astype(np.int32))
     samples = pa.table({
-        schema.SPLIT: split_arr,
-        schema.USER: pa.array(uid[srow]),
-        schema.PREFIX_LENGTH: pa.array(prefix.astype(np.int32)),
-        schema.ITEM: pa.array(titem),
-        schema.CATEGORY: pa.array(world.category_of(titem)),
-        schema.LABEL: pa.array(label),
+        schema.SPLIT: split_arr, schema.USER: pa.array(uid[smp.srow]), schema.PREFIX_LENGTH: prefix,
+        schema.ITEM: pa.array(smp.titem), schema.CATEGORY: pa.array(world.category_of(smp.titem)),
+        schema.LABEL: pa.array(smp.label),
     })
     truth = pa.table({
-        schema.SPLIT: split_arr,
-        schema.USER: pa.array(uid[srow]),
-        schema.PREFIX_LENGTH: pa.array(prefix.astype(np.int32)),
-        schema.ITEM: pa.array(titem),
-        RELEVANT_POSITIONS: relevant,
-        TARGET_KIND: pa.array(np.array(KINDS, dtype=object)[kind].astype(str)),
-        CLICK_LOGIT: pa.array(clean.astype(np.float64)),
+        schema.SPLIT: split_arr, schema.USER: pa.array(uid[smp.srow]), schema.PREFIX_LENGTH: prefix,
+        schema.ITEM: pa.array(smp.titem), RELEVANT_POSITIONS: relevant,
+        TARGET_KIND: pa.array(np.array(KINDS, dtype=object)[smp.kind].astype(str)),
+        CLICK_LOGIT: pa.array(smp.clean.astype(np.float64)),
     })
     neg = pa.table({
         schema.USER: pa.array(uid),
@@ -350,7 +394,7 @@ def generate_chunk(world: World, user_ids: np.ndarray, chunk_index: int) -> Chun
             pa.array(np.arange(0, (u + 1) * schema.NUM_EVAL_NEGATIVES, schema.NUM_EVAL_NEGATIVES, dtype=np.int32)),
             pa.array(negatives.reshape(-1))),
     })
-    return Chunk(sequences=seq, samples=samples, truth=truth, negatives=neg, lengths=lengths)
+    return Chunk(sequences=seq, samples=samples, truth=truth, negatives=neg, lengths=us.lengths)
 
 
 def _eval_negatives(rng: np.random.Generator, row: np.ndarray, items: np.ndarray, u: int, n_items: int) -> np.ndarray:
@@ -380,14 +424,6 @@ def _eval_negatives(rng: np.random.Generator, row: np.ndarray, items: np.ndarray
         out[rows_ok] = cand[enough][take[enough]].reshape(-1, need)
         todo = todo[~enough]
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def generate(cfg: SynthConfig, output: str | Path) -> dict:
@@ -447,49 +483,9 @@ def generate(cfg: SynthConfig, output: str | Path) -> dict:
                          "max": int(all_len.max())},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__},
         "layout": layout.layout_entry(len(starts), f"contiguous user ranges of chunk_users={cfg.chunk_users}"),
-        "files": {str(f.relative_to(out)): _sha256(f) for f in sorted(out.rglob("*.parquet"))},
+        "files": {str(f.relative_to(out)): sha256_file(f) for f in sorted(out.rglob("*.parquet"))},
     }
     tmp = out / (schema.MANIFEST_FILE + ".tmp")  # written last and atomically: a crash leaves no manifest
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     tmp.replace(out / schema.MANIFEST_FILE)
     return manifest
-
-
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    """`recsys data synth`: flags override the optional YAML config."""
-    parser.description = "Generate a planted long-history CTR build directory (docs/SYNTH.md)."
-    parser.add_argument("--config", type=Path, help="YAML with SynthConfig fields (configs/synth/*.yaml)")
-    parser.add_argument("--users", type=int, help="number of users (num_users)")
-    parser.add_argument("--max-len", type=int, help="maximum history length (max_length)")
-    parser.add_argument("--min-len", type=int, help="minimum history length (min_length)")
-    parser.add_argument("--median-len", type=float, help="median history length (length_median)")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--chunk-users", type=int, help="users generated and written per chunk")
-    parser.add_argument("--output", type=Path, required=True, help="build directory to write")
-    parser.add_argument("--format", choices=("planted", "taobao"), default="planted",
-                        help="planted = this build directory; taobao = a raw UserBehavior log (recsys/data/synth_taobao.py)")
-    parser.add_argument("--events", type=int, help="taobao: number of events")
-    parser.add_argument("--file-format", choices=("csv", "parquet"), default="csv", help="taobao: output file format")
-    parser.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    if args.format == "taobao":
-        from recsys.data.synth_taobao import cli_generate
-
-        return cli_generate(args)
-    data = read_yaml(args.config) if args.config else {}
-    for flag, field in (("users", "num_users"), ("max_len", "max_length"), ("min_len", "min_length"),
-                        ("median_len", "length_median"), ("seed", "seed"), ("chunk_users", "chunk_users")):
-        value = getattr(args, flag)
-        if value is not None:
-            data[field] = value
-    try:
-        cfg = parse_config(data, SynthConfig, source=str(args.config or "recsys data synth"))
-    except ConfigError as exc:
-        print(f"recsys data synth: {exc}", file=sys.stderr)
-        return 2
-    manifest = generate(cfg, args.output)
-    print(json.dumps({"output": str(args.output), "counts": manifest["counts"],
-                      "length_stats": manifest["length_stats"]}, indent=1))
-    return 0

@@ -14,12 +14,12 @@ import pytest
 
 from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
+from recsys.data.synth_cli import configure_cli
 from recsys.data.synth import (
     CLICK_LOGIT,
     PLANTED_TRUTH_FILE,
     RELEVANT_POSITIONS,
     SynthConfig,
-    configure_cli,
     generate,
     make_world,
 )
