@@ -35,12 +35,13 @@ class WarmupSpec:
     sdim: tuple[tuple[int, int, int], ...] = ()      # (d, S, tau) of SDIM tables to warm
 
 
-def _length_buckets(max_history: int) -> list[int]:
+def length_buckets(max_history: int) -> list[int]:
+    """History lengths that reach every length bucket (chunk count) up to `max_history`."""
     out, n = [], 16
     while n < max_history:
         out += [n, n + n // 2 + 1]
         n *= 2
-    return out + [max_history]
+    return [n for n in out if n < max_history] + [max_history]  # never longer than max_history
 
 
 def _warm_variants(spec: WarmupSpec, device: torch.device) -> None:
@@ -81,7 +82,7 @@ def warmup(spec: WarmupSpec) -> dict[str, float]:
     t0 = time.perf_counter()
     for dtype in spec.dtypes:
         for b in spec.batch_sizes:
-            for l in _length_buckets(spec.max_history):
+            for l in length_buckets(spec.max_history):
                 for da in spec.da:
                     keys = torch.randn(b, l, da, generator=g).to(device, dtype)
                     lengths = torch.full((b,), l, dtype=torch.int64, device=device)
@@ -100,7 +101,7 @@ def warmup(spec: WarmupSpec) -> dict[str, float]:
         proj = torch.randn(d, s_ * tau, generator=g).to(device)
         for dtype in spec.dtypes:
             for b in spec.batch_sizes:
-                for l in _length_buckets(spec.max_history):
+                for l in length_buckets(spec.max_history):
                     hist = torch.randn(b, l, d, generator=g).to(device, dtype)
                     codes = ops.simhash_codes(hist, proj, tau)
                     table = ops.sdim_bucket_table(hist, codes, torch.full((b,), l, device=device), 2**tau)

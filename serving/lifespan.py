@@ -71,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                  inline_when_alone=inline_scoring(settings, svc.store))
     await svc.grouper.start()
     if svc.ctr is not None:
-        await run_in_threadpool(svc.ctr.warm_up)
+        await run_in_threadpool(partial(svc.ctr.warm_up, max_candidates=settings.max_candidates))
     if settings.gc_freeze:
         gc.freeze()  # no collection first: start-up garbage is small and a collection would stall start-up
     svc.ready = True

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from kernels.warmup import length_buckets
 from recsys.artifacts import INDEX_FILE
 from recsys.data import layout, schema
 from serving.loading import ModelInfo, load_checked_run, serving_max_history, trained_max_history
@@ -193,12 +194,26 @@ class CTRScorer:
         out[SEQS_KEY] = kept
         return out
 
-    def warm_up(self) -> None:
+    def warm_up(self, every_length: bool | None = None, max_candidates: int = 1) -> None:
         """One encode + score on an empty history: triggers the lazy imports and one-time set-up of
         the scoring path (torch dispatch, kernels) before serving, so they neither slow the first
-        request nor land outside the start-up gc.freeze()."""
-        if self.num_items > 0:
-            self.score(self.encode(History.empty()), np.ones(1, dtype=np.int64))
+        request nor land outside the start-up gc.freeze().
+
+        `every_length` (default: on CUDA) also encodes one history per length bucket up to
+        `max_history` and scores 1 and `max_candidates` candidates on it: the Triton kernels do not
+        autotune and their compiled variants depend only on the length bucket and the candidate
+        count (kernels/warmup.py), so after this no request compiles a kernel."""
+        if self.num_items == 0:
+            return
+        self.score(self.encode(History.empty()), np.ones(1, dtype=np.int64))
+        if not (self.device.type == "cuda" if every_length is None else every_length):
+            return
+        for n in length_buckets(self.max_history):
+            dense = 1 + np.arange(n, dtype=np.int64) % self.num_items
+            h = History(self.vocabs["items"].decode(dense), np.full(n, -1, dtype=np.int64), np.arange(n, dtype=np.int64), n)
+            state = self.encode(h)
+            for c in sorted({1, max_candidates}):
+                self.score(state, 1 + np.arange(c, dtype=np.int64) % self.num_items)
 
     def score(self, state: State, cand_dense: np.ndarray, cand_cats_raw: np.ndarray | None = None) -> np.ndarray:
         """Click probabilities of known (dense > 0) candidates; [C] float64."""

@@ -110,3 +110,24 @@ def test_batched_scoring_defaults_to_cuda_only() -> None:
     assert batched_scoring(ServingSettings(device="cuda"))
     assert batched_scoring(ServingSettings(batch=BatchSettings(batched_scoring=True)))
     assert not batched_scoring(ServingSettings(device="cuda:0", batch=BatchSettings(batched_scoring=False)))
+
+
+def test_warm_up_every_length_encodes_each_bucket_and_scores_both_candidate_counts(monkeypatch) -> None:
+    """`warm_up(every_length=True)` (the CUDA default) runs the model once per history-length
+    bucket up to max_history (kernels.warmup.length_buckets) at 1 and max_candidates candidates,
+    so no kernel variant is compiled on the request path; on CPU the default skips it."""
+    from kernels.warmup import length_buckets
+    from tests.serving.models import ctr_scorer
+
+    for name in ("sdim", "dare"):
+        scorer = ctr_scorer(name, max_history=300)
+        encoded, scored = [], []
+        encode, score = scorer.encode, scorer.score
+        monkeypatch.setattr(scorer, "encode", lambda h, f=encode: (encoded.append(len(h)), f(h))[1])
+        monkeypatch.setattr(scorer, "score", lambda s, c, *a, f=score: (scored.append(len(c)), f(s, c, *a))[1])
+        scorer.warm_up()  # CPU default: the empty-history call only
+        assert encoded == [0] and scored == [1]
+        encoded.clear(), scored.clear()
+        scorer.warm_up(every_length=True, max_candidates=7)
+        assert encoded == [0] + length_buckets(300) and max(encoded) == 300
+        assert scored == [1] + [c for _ in length_buckets(300) for c in (1, 7)]
