@@ -102,3 +102,71 @@ def test_killed_worker_is_retried_and_output_identical(generated, tmp_path: Path
         ray.shutdown()
     assert killed, "no build task was seen running, so none was killed"
     _same(tmp_path / "ray", ref)
+
+
+def _ppid(pid: str) -> int:
+    """Parent pid from /proc/PID/stat (the field after the parenthesised command name)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _remove_node_running_a_task(cluster, nodes: list, stop: threading.Event, removed: list) -> None:
+    """Remove (ungracefully) the first worker node seen running a build task: Ray's raylet spawns
+    the node's workers, so a `ray::MapBatches` process whose parent is that raylet runs there."""
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in nodes}
+    while not stop.is_set() and not removed:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                node = raylets.get(_ppid(pid)) if cmd.startswith(b"ray::MapBatches") else None
+            except (OSError, ValueError, IndexError):
+                continue
+            if node is not None:
+                removed.append(int(pid))
+                cluster.remove_node(node, allow_graceful=False)
+                return
+        time.sleep(0.005)
+
+
+def test_node_removed_mid_build_is_retried_or_fails_without_manifest(generated, tmp_path: Path) -> None:
+    """A worker node dies while it runs a build task: Ray reschedules the lost tasks on the other
+    node and the output equals the reference, or the build raises and leaves no manifest. The head
+    has no CPU, so every task runs on one of the two worker nodes and the kill cannot miss."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from pipelines.build import build_ray
+
+    cfg, ref = generated
+    out = tmp_path / "cluster"
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE})
+    stop, removed, error = threading.Event(), [], []
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        killer = threading.Thread(target=_remove_node_running_a_task, args=(cluster, nodes, stop, removed),
+                                  daemon=True)
+        killer.start()
+        try:
+            build_ray(cfg, out, address=cluster.address)
+        except Exception as exc:  # noqa: BLE001 - the allowed outcome is checked below
+            error.append(exc)
+        finally:
+            stop.set()
+            killer.join()
+        alive = len([n for n in ray.nodes() if n["Alive"]])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed, "no build task was seen running on a worker node, so none was removed"
+    assert alive == 2, f"{alive} nodes alive after the removal, expected head + 1 worker"
+    if error:
+        assert not (out / "manifest.json").exists(), f"manifest written by a build that failed: {error[0]}"
+        assert "missing" in str(error[0]).lower(), f"the failure does not name what is missing: {error[0]!r}"
+    else:
+        _same(out, ref)
