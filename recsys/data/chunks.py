@@ -121,16 +121,9 @@ def _read_text(chunk: Chunk) -> pl.DataFrame:
 
 
 def _read_parquet(chunk: Chunk, source: SourceConfig) -> ReadResult:
-    from recsys.data.readers.table import EVENT_COLUMNS
-    from recsys.data import schema
+    from recsys.data.readers.table import column_mapping
 
-    mapping = dict(source.columns or {c: c for c in schema.REQUIRED_EVENT_COLUMNS})
-    unknown = sorted(set(mapping) - set(EVENT_COLUMNS))
-    if unknown:
-        raise ValueError(f"{chunk.file}: columns mapping has unknown event column(s) {unknown}; allowed {list(EVENT_COLUMNS)}")
-    for col in schema.REQUIRED_EVENT_COLUMNS:
-        if col not in mapping:
-            raise ValueError(f"{chunk.file}: columns mapping lacks required event column {col!r}")
+    mapping = column_mapping(source, chunk.file)
     pf = pq.ParquetFile(chunk.file)
     missing = [src for src in mapping.values() if src not in pf.schema_arrow.names]
     if missing:

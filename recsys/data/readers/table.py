@@ -14,18 +14,25 @@ from recsys.data.readers.base import ReadResult, SourceConfig
 EVENT_COLUMNS = schema.REQUIRED_EVENT_COLUMNS + schema.OPTIONAL_EVENT_COLUMNS
 
 
+def column_mapping(cfg: SourceConfig, where: str | Path) -> dict[str, str]:
+    """The source's event column -> file column mapping (default: the required columns by their
+    own names), checked: unknown event columns and missing required ones are errors naming `where`."""
+    mapping = dict(cfg.columns or {c: c for c in schema.REQUIRED_EVENT_COLUMNS})
+    unknown = sorted(set(mapping) - set(EVENT_COLUMNS))
+    if unknown:
+        raise ValueError(f"{where}: columns mapping has unknown event column(s) {unknown}; allowed {list(EVENT_COLUMNS)}")
+    for col in schema.REQUIRED_EVENT_COLUMNS:
+        if col not in mapping:
+            raise ValueError(f"{where}: columns mapping lacks required event column {col!r}")
+    return mapping
+
+
 def read_table(cfg: SourceConfig) -> ReadResult:
     path = Path(cfg.path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
     fmt = cfg.file_format or ("parquet" if path.suffix == ".parquet" else "csv")
-    mapping = dict(cfg.columns or {c: c for c in schema.REQUIRED_EVENT_COLUMNS})
-    unknown = sorted(set(mapping) - set(EVENT_COLUMNS))
-    if unknown:
-        raise ValueError(f"{path}: columns mapping has unknown event column(s) {unknown}; allowed {list(EVENT_COLUMNS)}")
-    for col in schema.REQUIRED_EVENT_COLUMNS:
-        if col not in mapping:
-            raise ValueError(f"{path}: columns mapping lacks required event column {col!r}")
+    mapping = column_mapping(cfg, path)
     if fmt == "parquet":
         df = pl.read_parquet(path)
     else:
