@@ -17,6 +17,14 @@ def triton_devices() -> list:
     return [pytest.param("cpu", marks=pytest.mark.skip(reason="no GPU and TRITON_INTERPRET is not 1"))]
 
 
+def triton_device() -> str:
+    """The one device a single-device kernel test runs on (skipped where `triton_devices` skips)."""
+    device = triton_devices()[0]
+    if not isinstance(device, str):
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    return device
+
+
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     """||a - ref|| / ||ref|| in float64 (0 when both are zero)."""
     a, ref = a.double().cpu(), ref.double().cpu()

@@ -16,16 +16,9 @@ from kernels.reference.topk_search import topk_target_search
 from kernels.triton.configs import search_config
 from kernels.triton.search import topk_target_search_triton
 from kernels.triton.topk import agg_block_c, agg_block_c_choices
-from tests.kernels._devices import rel_err, triton_devices
+from tests.kernels._devices import rel_err, triton_device, triton_devices
 
 MANY = 10**6  # pretend multiprocessor count: as many chunks as the history allows
-
-
-def _device() -> str:
-    device = triton_devices()[0]
-    if not isinstance(device, str):
-        pytest.skip("no Triton device")
-    return device
 
 
 @pytest.mark.parametrize("device", triton_devices())
@@ -52,7 +45,7 @@ def test_split_plan_exact_with_ties(device, b, c, l, da, k, subs, bf16, seed):
 def test_all_equal_scores_take_the_fallback_and_keep_the_tie_rule():
     """Every score equal: more than CAP keys pass each chunk's threshold (exact fallback path);
     the result is still the k smallest valid indices, in order, across chunk boundaries."""
-    device = _device()
+    device = triton_device()
     q = torch.ones(1, 20, 4)
     keys = torch.ones(1, 300, 4)
     keys[0, 250] = 2.0                                  # one better key in a late chunk
@@ -109,7 +102,7 @@ def test_warmup_compiles_then_ops_agree_with_reference():
     from kernels import ops
     from kernels.warmup import WarmupSpec, warmup
 
-    device = _device()
+    device = triton_device()
     spec = WarmupSpec(device=device, max_history=40, candidates=(1, 17), k=(3,), da=(4,), dr=(4,), sdim=((4, 2, 2),))
     if device == "cpu":
         with ops.use_triton_on_cpu():
