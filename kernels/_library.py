@@ -7,17 +7,12 @@ trace through it, and the differentiable ops register their backward as further 
 (CPU: explicit PyTorch formulas checked against autograd through the reference; CUDA: Triton).
 The Triton modules are imported lazily, only when a CUDA tensor arrives.
 
-Test switch: inside `use_triton_on_cpu()` (only allowed under TRITON_INTERPRET=1) the CPU
-implementations - forwards and the registered backward ops - run the Triton launchers in the
-interpreter instead, so whole models can be checked on the Triton path without a GPU. The flag is
-a `contextvars.ContextVar`, scoped to the `with` block (and its thread / task).
+No switch sits on the call path: tests that check whole models on the Triton path without a GPU
+register "cpu" kernels on these ops from test code (tests/kernels/triton_on_cpu.py, through
+torch.library's `register_kernel` / `set_kernel_enabled`).
 """
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -28,35 +23,10 @@ from kernels.reference import topk_search as _ref_topk
 
 _EPS = 1e-12  # F.normalize's eps (the reference's l2 normalisation)
 
-_TRITON_ON_CPU: contextvars.ContextVar[bool] = contextvars.ContextVar("kernels_triton_on_cpu", default=False)
-
-
-@contextlib.contextmanager
-def use_triton_on_cpu() -> Iterator[None]:
-    """Within the block, CPU tensors go to the Triton launchers (interpreter) instead of the reference.
-    Raises RuntimeError unless TRITON_INTERPRET=1 (compiled Triton cannot take CPU tensors)."""
-    from kernels.triton._common import interpreting
-
-    if not interpreting():
-        raise RuntimeError("use_triton_on_cpu() needs TRITON_INTERPRET=1 in the environment before Triton "
-                           "is imported (the Triton kernels run on CPU tensors only in the interpreter)")
-    token = _TRITON_ON_CPU.set(True)
-    try:
-        yield
-    finally:
-        _TRITON_ON_CPU.reset(token)
-
-
-def triton_on_cpu() -> bool:
-    """True inside `use_triton_on_cpu()`."""
-    return _TRITON_ON_CPU.get()
-
 
 # ---------------------------------------------------------------- simhash_codes
 @torch.library.custom_op("recsys::simhash_codes", mutates_args=())
 def simhash_codes(x: Tensor, projections: Tensor, tau: int) -> Tensor:
-    if triton_on_cpu():
-        return _simhash_cuda(x, projections, tau)
     return _ref_simhash.simhash_codes(x, projections, tau)
 
 
@@ -75,8 +45,6 @@ def _simhash_fake(x: Tensor, projections: Tensor, tau: int) -> Tensor:
 # ---------------------------------------------------------------- sdim_bucket_table
 @torch.library.custom_op("recsys::sdim_bucket_table", mutates_args=())
 def sdim_bucket_table(history: Tensor, codes: Tensor, lengths: Tensor, num_buckets: int) -> Tensor:
-    if triton_on_cpu():
-        return _table_cuda(history, codes, lengths, num_buckets)
     return _ref_sdim.sdim_bucket_table(history, codes, lengths, num_buckets)
 
 
@@ -96,8 +64,6 @@ def _table_fake(history: Tensor, codes: Tensor, lengths: Tensor, num_buckets: in
 @torch.library.custom_op("recsys::sdim_bucket_table_backward", mutates_args=())
 def sdim_bucket_table_backward(grad_table: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
     """grad_history[b,l] = sum_s grad_table[b, s, codes[b,l,s]] for l < lengths[b], else 0."""
-    if triton_on_cpu():
-        return _table_bwd_cuda(grad_table, codes, lengths)
     b, s, nb, d = grad_table.shape
     l = codes.shape[1]
     idx = codes.long().clamp(0, nb - 1) + torch.arange(s, device=codes.device) * nb    # [B,L,S]
@@ -135,8 +101,6 @@ sdim_bucket_table.register_autograd(_table_backward, setup_context=_table_setup)
 # ---------------------------------------------------------------- sdim_gather
 @torch.library.custom_op("recsys::sdim_gather", mutates_args=())
 def sdim_gather(table: Tensor, candidate_codes: Tensor) -> Tensor:
-    if triton_on_cpu():
-        return _gather_cuda(table, candidate_codes)
     return _ref_sdim.sdim_gather(table, candidate_codes)
 
 
@@ -155,8 +119,6 @@ def _gather_fake(table: Tensor, candidate_codes: Tensor) -> Tensor:
 @torch.library.custom_op("recsys::sdim_gather_backward", mutates_args=())
 def sdim_gather_backward(grad_out: Tensor, table: Tensor, candidate_codes: Tensor) -> Tensor:
     """Scatter-add of the l2-normalise Jacobian^T (grad_out / S) into each picked bucket."""
-    if triton_on_cpu():
-        return _gather_bwd_cuda(grad_out, table, candidate_codes)
     b, s, nb, d = table.shape
     c = candidate_codes.shape[1]
     idx = candidate_codes.long() + torch.arange(s, device=table.device) * nb           # [B,C,S]
@@ -200,8 +162,6 @@ sdim_gather.register_autograd(_gather_backward, setup_context=_gather_setup)
 # ---------------------------------------------------------------- topk_target_search
 @torch.library.custom_op("recsys::topk_target_search", mutates_args=())
 def topk_target_search(queries: Tensor, keys: Tensor, lengths: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    if triton_on_cpu():
-        return _search_cuda(queries, keys, lengths, k)
     return _ref_topk.topk_target_search(queries, keys, lengths, k)
 
 
@@ -221,8 +181,6 @@ def _search_fake(queries: Tensor, keys: Tensor, lengths: Tensor, k: int) -> tupl
 # ---------------------------------------------------------------- topk_aggregate
 @torch.library.custom_op("recsys::topk_aggregate", mutates_args=())
 def topk_aggregate(scores: Tensor, indices: Tensor, values: Tensor) -> Tensor:
-    if triton_on_cpu():
-        return _aggregate_cuda(scores, indices, values)
     return _ref_topk.topk_aggregate(scores, indices, values)
 
 
@@ -242,8 +200,6 @@ def _aggregate_fake(scores: Tensor, indices: Tensor, values: Tensor) -> Tensor:
 def topk_aggregate_backward(grad_out: Tensor, scores: Tensor, indices: Tensor,
                             values: Tensor) -> tuple[Tensor, Tensor]:
     """(grad_scores, grad_values): softmax Jacobian over valid slots; scatter-add of w_j * grad_out."""
-    if triton_on_cpu():
-        return _aggregate_bwd_cuda(grad_out, scores, indices, values)
     b, c, k = scores.shape
     l, dr = values.shape[1], values.shape[2]
     valid = indices >= 0

@@ -3,8 +3,6 @@
 Each call validates shapes (clear errors naming the argument), accepts padded (+ lengths) or
 jagged (`kernels.jagged.Jagged` / torch.nested jagged) histories, and calls the `recsys::<name>`
 custom op, which dispatches by tensor device: CPU -> `kernels.reference`, CUDA -> `kernels.triton`.
-`use_triton_on_cpu()` (tests only; needs TRITON_INTERPRET=1) sends CPU tensors to the Triton
-kernels in the interpreter for the duration of a `with` block, forward and backward.
 """
 
 from __future__ import annotations
@@ -12,11 +10,10 @@ from __future__ import annotations
 import torch
 
 from kernels import _library as _lib
-from kernels._library import use_triton_on_cpu
 from kernels.jagged import Jagged, pad_jagged, to_padded
 
 __all__ = ["Jagged", "pad_jagged", "sdim_bucket_table", "sdim_gather", "simhash_codes",
-           "topk_aggregate", "topk_target_search", "use_triton_on_cpu"]
+           "topk_aggregate", "topk_target_search"]
 
 
 def _need(cond: bool, msg: str) -> None:

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from recsys import artifacts
 from recsys.config import StrictModel, dump_yaml, load_yaml, parse_config
+from recsys.data.vocab import vocabulary_size
 from recsys.losses import LossConfig
 from recsys.eval.ranking import DEFAULT_KS
 from recsys.models.registry import ModelConfig, model_task
@@ -152,25 +153,18 @@ def build_task(cfg: ExperimentConfig, *, rank: int = 0, world_size: int = 1) -> 
 
 
 def num_categories(build_dir: Path) -> int:
-    from recsys.data import schema
-
-    path = build_dir / schema.VOCAB_DIR / schema.CATEGORIES_VOCAB
-    if not path.is_file():
-        return 0
-    import pyarrow.parquet as pq
-
-    return int(pq.read_metadata(str(path)).num_rows)
+    """Categories in the build's vocabulary (0 for a build without categories)."""
+    return vocabulary_size(build_dir, "categories", required=False)
 
 
 def build_model(cfg: ExperimentConfig, task: TrainTask | None = None) -> torch.nn.Module:
     """Model from the registry, sized by the build's vocabularies; MQSA-TED gets its teacher
     (transition graph of the TRAIN parts of the sequences) when a next-item task is given."""
     from recsys.models.registry import build_model as registry_build
-    from recsys.tasks.next_item import _num_items
 
     build_dir = Path(cfg.data.build_dir)
     mcfg = cfg.model
-    model = registry_build(mcfg, num_items=_num_items(build_dir), num_categories=num_categories(build_dir))
+    model = registry_build(mcfg, num_items=vocabulary_size(build_dir, "items"), num_categories=num_categories(build_dir))
     if task is not None and hasattr(model, "attach_teacher"):
         from recsys.models.transitions import TransitionGraph
 

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data.readers import parse_source
-from recsys.data.readers.base import ReadResult, SourceConfig, split_fixed
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import SourceConfig, split_fixed
 from recsys.data.readers.taobao import NAMES as TAOBAO_NAMES
 
 ORDER_SHIFT = 32

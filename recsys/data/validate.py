@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from recsys.data import schema
-from recsys.data.readers.base import ReadResult
+from recsys.data.parsed import ReadResult
 
 REASONS = ("malformed_line", "non_integer_id", "null_timestamp", "negative_timestamp", "bad_label", "duplicate")
 REJECTS_SCHEMA = {"reason": pl.String, "line": pl.Int64, "raw": pl.String}

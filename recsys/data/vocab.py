@@ -104,3 +104,15 @@ def load_vocabularies(directory: str | Path) -> dict[str, Vocabulary]:
         if key not in out:
             raise FileNotFoundError(f"{vdir}: missing vocabulary {VOCAB_NAMES[key]}")
     return out
+
+
+def vocabulary_size(build_dir: str | Path, name: str, *, required: bool = True) -> int:
+    """Dense ids in a build's `name` vocabulary ("users", "items", "categories"), read from the
+    parquet footer alone. A missing file is an error naming it, or 0 with `required=False` (builds
+    without categories)."""
+    path = Path(build_dir) / schema.VOCAB_DIR / VOCAB_NAMES[name]
+    if not path.is_file():
+        if required:
+            raise FileNotFoundError(f"{name} vocabulary not found: {path} (is {build_dir} a build directory?)")
+        return 0
+    return int(pq.read_metadata(str(path)).num_rows)

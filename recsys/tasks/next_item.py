@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from recsys.data import layout, schema
 from recsys.data.sequences import JaggedSequences
+from recsys.data.vocab import vocabulary_size
 from recsys.losses import LossConfig
 from recsys.eval.protocol import NEXT_ITEM_PROTOCOLS
 from recsys.eval.ranking import DEFAULT_KS, accumulate, finalize, metric_sums, rank_of_target
@@ -56,13 +56,6 @@ from recsys.tasks import collective
 from recsys.tasks.base import Batch
 
 PROTOCOLS = NEXT_ITEM_PROTOCOLS
-
-
-def _num_items(build_dir: Path) -> int:
-    path = build_dir / schema.VOCAB_DIR / schema.ITEMS_VOCAB
-    if not path.is_file():
-        raise FileNotFoundError(f"item vocabulary not found: {path} (is {build_dir} a build directory?)")
-    return int(pq.read_metadata(str(path)).num_rows)
 
 
 class NextItemTask:
@@ -95,7 +88,7 @@ class NextItemTask:
         self.parts = collective.shard_parts(self.build_dir, rank, world_size)  # this worker's users
         self.seqs = sequences if sequences is not None else JaggedSequences.read(
             self.build_dir, self.parts, columns=())  # items only
-        self.num_items = _num_items(self.build_dir)
+        self.num_items = vocabulary_size(self.build_dir, "items")
         seqs = self.seqs
         if seqs.items.size and (seqs.items.min() < 1 or seqs.items.max() > self.num_items):
             raise ValueError(

@@ -1,7 +1,7 @@
 """Issue 7 acceptance: TWIN, DARE and SDIM give the same logits, training gradients and serving
 scores when the retrieval-stage ops run the Triton kernels instead of the PyTorch reference.
 
-On a CPU-only machine `kernels.ops.use_triton_on_cpu()` routes the CPU implementations (forwards
+On a CPU-only machine `use_triton_on_cpu()` (tests/kernels/triton_on_cpu.py) routes the CPU implementations (forwards
 and the registered backward ops) to the Triton launchers under TRITON_INTERPRET=1; every test also
 counts the launcher calls, so a switch that silently kept the reference would fail.
 SDIM's training route (`SimHashInterest.forward`) uses the collision-mask bmm and calls no
@@ -22,11 +22,11 @@ import kernels.triton.sdim as tri_sdim
 import kernels.triton.simhash as tri_simhash
 import kernels.triton.topk as tri_topk
 from kernels import ops
-from kernels._library import triton_on_cpu
 from kernels.triton._common import interpreting
 from recsys.models.dare import DARE, DAREConfig
 from recsys.models.sdim import SDIM, SDIMConfig
 from recsys.models.twin import TWIN, TWINConfig
+from tests.kernels.triton_on_cpu import use_triton_on_cpu
 
 pytestmark = pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1 (Triton on CPU tensors)")
 
@@ -107,14 +107,19 @@ def _assert_same_grads(ref: dict[str, torch.Tensor], tri: dict[str, torch.Tensor
         assert ref[prefix].abs().sum() > 0, f"{prefix} got no gradient"
 
 
-def test_switch_needs_interpreter_and_is_scoped(monkeypatch):
-    assert not triton_on_cpu()
-    with pytest.raises(ValueError), ops.use_triton_on_cpu():
-        assert triton_on_cpu()
+def test_switch_needs_interpreter_and_is_scoped(monkeypatch, calls):
+    q, keys, lengths = torch.randn(1, 2, 4), torch.randn(1, 6, 4), torch.tensor([6])
+    ref = ops.topk_target_search(q, keys, lengths, 3)
+    assert not calls  # outside the block: the reference
+    with pytest.raises(ValueError), use_triton_on_cpu():
+        tri = ops.topk_target_search(q, keys, lengths, 3)
+        assert calls["topk_target_search_triton"] == 1
         raise ValueError("leave the block by an exception")
-    assert not triton_on_cpu()  # reset even on error
+    assert torch.equal(tri[1], ref[1])
+    ops.topk_target_search(q, keys, lengths, 3)
+    assert calls["topk_target_search_triton"] == 1  # disabled again, even after an error
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"), ops.use_triton_on_cpu():
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"), use_triton_on_cpu():
         pass
 
 
@@ -132,7 +137,7 @@ def test_two_stage_models_same_on_triton_path(make, calls):
         ref_serve = model.score_candidates(model.encode_user(b0, batch["hist_cats"][0]),
                                            batch["target_items"], batch["target_cats"])
     assert not calls, "the reference path must not call Triton"
-    with torch.no_grad(), ops.use_triton_on_cpu():
+    with torch.no_grad(), use_triton_on_cpu():
         tri_logits, tri_idx = model(batch), model.retrieval_indices(batch)
         tri_serve = model.score_candidates(model.encode_user(b0, batch["hist_cats"][0]),
                                            batch["target_items"], batch["target_cats"])
@@ -148,7 +153,7 @@ def test_two_stage_models_same_on_triton_path(make, calls):
     ref_loss, _ = model.training_loss(batch)
     ref_grads = _grads(model, ref_loss)
     n_bwd = calls["topk_aggregate_backward_triton"]
-    with ops.use_triton_on_cpu():
+    with use_triton_on_cpu():
         tri_loss, _ = model.training_loss(batch)
         tri_grads = _grads(model, tri_loss)  # backward inside the block: the backward ops see the flag
     assert calls["topk_aggregate_backward_triton"] == n_bwd + 1
@@ -178,7 +183,7 @@ def test_sdim_serving_route_same_on_triton_path(calls):
 
     ref = route()
     assert not calls, "the reference path must not call Triton"
-    with ops.use_triton_on_cpu():
+    with use_triton_on_cpu():
         tri = route()
     for name in ("simhash_codes_triton", "sdim_bucket_table_triton", "sdim_gather_triton",
                  "sdim_bucket_table_backward_triton", "sdim_gather_backward_triton"):

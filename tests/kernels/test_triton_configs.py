@@ -17,6 +17,7 @@ from kernels.triton.configs import search_config
 from kernels.triton.search import topk_target_search_triton
 from kernels.triton.topk import agg_block_c, agg_block_c_choices
 from tests.kernels._devices import rel_err, triton_device, triton_devices
+from tests.kernels.triton_on_cpu import use_triton_on_cpu
 
 MANY = 10**6  # pretend multiprocessor count: as many chunks as the history allows
 
@@ -105,7 +106,7 @@ def test_warmup_compiles_then_ops_agree_with_reference():
     device = triton_device()
     spec = WarmupSpec(device=device, max_history=40, candidates=(1, 17), k=(3,), da=(4,), dr=(4,), sdim=((4, 2, 2),))
     if device == "cpu":
-        with ops.use_triton_on_cpu():
+        with use_triton_on_cpu():
             spent = warmup(spec)
     else:
         spent = warmup(spec)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Callable
 
 from recsys.data.readers import movielens, recbole, sequences, table, taobao
-from recsys.data.readers.base import FORMATS, ReadResult, SourceConfig
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import FORMATS, SourceConfig
 from recsys.data.validate import Validated, validate
 
 READERS: dict[str, Callable[[SourceConfig], ReadResult]] = {

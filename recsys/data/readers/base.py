@@ -1,14 +1,12 @@
 """What every reader shares: the source config, the parsed-rows convention and text-line helpers.
 
-A reader turns a file into a *parsed* polars frame: `line` (1-based source line, or row number),
-`raw` (the source text of the record), `malformed` (bool: the record could not be split into its
-fields) and the event columns (strings or typed; `recsys.data.validate` casts and checks them).
+A reader turns a file into a *parsed* polars frame, a `recsys.data.parsed.ReadResult` (the columns
+are described there; `recsys.data.validate` casts and checks them).
 `read_events` (readers/__init__.py) then validates that frame into kept events + rejects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,14 +38,6 @@ class SourceConfig(StrictModel):
     file_format: Literal["parquet", "csv"] | None = None  # table only (default: by suffix)
     columns: dict[str, str] | None = None  # table only: event column -> source column
     rating_threshold: float | None = None  # label = rating >= threshold (sources with a rating)
-
-
-@dataclass
-class ReadResult:
-    """A parsed source before validation (see module docstring)."""
-
-    parsed: pl.DataFrame
-    has_columns: tuple[str, ...]  # event columns the source provides
 
 
 def read_lines(path: str | Path) -> pl.DataFrame:

@@ -3,7 +3,8 @@ The rating becomes `label = rating >= rating_threshold` when a threshold is conf
 
 from __future__ import annotations
 
-from recsys.data.readers.base import ReadResult, SourceConfig, rating_label, read_lines, split_fixed
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import SourceConfig, rating_label, read_lines, split_fixed
 
 NAMES = ["user_id", "item_id", "rating", "timestamp"]
 HEADER = "userId,movieId,rating,timestamp"

@@ -4,7 +4,8 @@ before the colon); a rating becomes `label` when a threshold is configured."""
 
 from __future__ import annotations
 
-from recsys.data.readers.base import ReadResult, SourceConfig, rating_label, read_lines, split_fixed
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import SourceConfig, rating_label, read_lines, split_fixed
 
 KNOWN = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp", "rating": "rating"}
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from recsys.data.readers.base import ReadResult, SourceConfig, read_lines, split_fixed
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import SourceConfig, read_lines, split_fixed
 
 
 def read_pairs(cfg: SourceConfig) -> ReadResult:

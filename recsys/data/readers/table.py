@@ -9,7 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from recsys.data import schema
-from recsys.data.readers.base import ReadResult, SourceConfig
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import SourceConfig
 
 EVENT_COLUMNS = schema.REQUIRED_EVENT_COLUMNS + schema.OPTIONAL_EVENT_COLUMNS
 

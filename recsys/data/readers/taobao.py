@@ -3,7 +3,8 @@ no header. The behaviour type (pv/cart/fav/buy) is kept as `event_type`."""
 
 from __future__ import annotations
 
-from recsys.data.readers.base import ReadResult, SourceConfig, read_lines, split_fixed
+from recsys.data.parsed import ReadResult
+from recsys.data.readers.base import SourceConfig, read_lines, split_fixed
 
 NAMES = ["user_id", "item_id", "category_id", "event_type", "timestamp"]
 
