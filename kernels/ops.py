@@ -1,8 +1,10 @@
 """Public entry points of the retrieval-stage kernels (semantics: docs/INTERFACES.md "Kernel ops").
 
-Each call validates shapes (clear errors naming the argument), accepts padded (+ lengths) or
-jagged (`kernels.jagged.Jagged` / torch.nested jagged) histories, and calls the `recsys::<name>`
+Each call validates shapes (clear errors naming the argument) and calls the `recsys::<name>`
 custom op, which dispatches by tensor device: CPU -> `kernels.reference`, CUDA -> `kernels.triton`.
+Histories are padded [B, L, ...] plus lengths [B]: the project keeps them jagged at rest (values +
+offsets in the sequences parquet, `recsys.data.sequences.JaggedSequences`, the serving store) and
+cuts padded windows for compute (README "One data contract").
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import torch
 
 from kernels import _library as _lib
-from kernels.jagged import Jagged, pad_jagged, to_padded
 
-__all__ = ["Jagged", "pad_jagged", "sdim_bucket_table", "sdim_gather", "simhash_codes",
+__all__ = ["sdim_bucket_table", "sdim_gather", "simhash_codes",
            "topk_aggregate", "topk_target_search"]
 
 
@@ -22,6 +23,7 @@ def _need(cond: bool, msg: str) -> None:
 
 
 def _check_lengths(lengths: torch.Tensor, b: int, device: torch.device) -> torch.Tensor:
+    _need(isinstance(lengths, torch.Tensor), f"lengths must be an integer tensor [B={b}], got {type(lengths).__name__}")
     _need(lengths.shape == (b,), f"lengths must be [B={b}], got {tuple(lengths.shape)}")
     _need(not lengths.is_floating_point(), f"lengths must be an integer tensor, got {lengths.dtype}")
     return lengths.to(device=device, dtype=torch.int64)
@@ -36,14 +38,9 @@ def simhash_codes(x: torch.Tensor, projections: torch.Tensor, tau: int) -> torch
     return _lib.simhash_codes(x, projections, tau)
 
 
-def sdim_bucket_table(history: torch.Tensor | Jagged, codes: torch.Tensor | Jagged,
-                      lengths: torch.Tensor | None, num_buckets: int) -> torch.Tensor:
-    """history [B,L,d], codes [B,L,S], lengths [B] (or history/codes both Jagged with the same
-    offsets and lengths=None) -> [B,S,num_buckets,d]; differentiable w.r.t. history."""
-    if isinstance(history, Jagged) or (isinstance(history, torch.Tensor) and history.is_nested):
-        history, lengths = to_padded(history, lengths, "history")
-        codes, code_lengths = to_padded(codes, None, "codes")
-        _need(torch.equal(code_lengths, lengths), "codes and history jagged rows differ in length")
+def sdim_bucket_table(history: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor,
+                      num_buckets: int) -> torch.Tensor:
+    """history [B,L,d], codes [B,L,S], lengths [B] -> [B,S,num_buckets,d]; differentiable w.r.t. history."""
     _need(history.dim() == 3, f"history must be [B,L,d], got {tuple(history.shape)}")
     _need(codes.dim() == 3 and codes.shape[:2] == history.shape[:2],
           f"codes must be [B,L,S] matching history {tuple(history.shape)}, got {tuple(codes.shape)}")
@@ -63,12 +60,10 @@ def sdim_gather(table: torch.Tensor, candidate_codes: torch.Tensor) -> torch.Ten
     return _lib.sdim_gather(table, candidate_codes.to(torch.int64))
 
 
-def topk_target_search(queries: torch.Tensor, keys: torch.Tensor | Jagged, lengths: torch.Tensor | None,
+def topk_target_search(queries: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor,
                        k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """queries [B,C,da], keys [B,L,da] + lengths [B] (or Jagged keys, lengths=None) ->
-    (scores [B,C,k] float32, indices [B,C,k] int64); ties -> smaller index; empty slots (-inf, -1).
-    No gradient (inputs are detached)."""
-    keys, lengths = to_padded(keys, lengths, "keys")
+    """queries [B,C,da], keys [B,L,da] + lengths [B] -> (scores [B,C,k] float32, indices [B,C,k]
+    int64); ties -> smaller index; empty slots (-inf, -1). No gradient (inputs are detached)."""
     _need(queries.dim() == 3, f"queries must be [B,C,da], got {tuple(queries.shape)}")
     _need(keys.dim() == 3 and keys.shape[0] == queries.shape[0] and keys.shape[2] == queries.shape[2],
           f"keys must be [B,L,da] matching queries {tuple(queries.shape)}, got {tuple(keys.shape)}")
@@ -77,11 +72,9 @@ def topk_target_search(queries: torch.Tensor, keys: torch.Tensor | Jagged, lengt
     return _lib.topk_target_search(queries.detach(), keys.detach(), lengths, k)
 
 
-def topk_aggregate(scores: torch.Tensor, indices: torch.Tensor, values: torch.Tensor | Jagged) -> torch.Tensor:
-    """scores/indices [B,C,k], values [B,L,dr] (or Jagged) -> softmax-weighted sum [B,C,dr];
+def topk_aggregate(scores: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """scores/indices [B,C,k], values [B,L,dr] -> softmax-weighted sum [B,C,dr];
     differentiable w.r.t. scores and values."""
-    if isinstance(values, Jagged) or values.is_nested:
-        values, _ = to_padded(values, None, "values")
     _need(scores.dim() == 3 and scores.shape == indices.shape,
           f"scores and indices must both be [B,C,k], got {tuple(scores.shape)}, {tuple(indices.shape)}")
     _need(values.dim() == 3 and values.shape[0] == scores.shape[0],

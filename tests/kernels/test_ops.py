@@ -1,5 +1,5 @@
 """kernels.ops: dispatch to the reference on CPU, custom-op autograd vs autograd through the
-reference, jagged == padded inputs, and clear errors on bad input."""
+reference, and clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -7,27 +7,9 @@ import pytest
 import torch
 
 from kernels import ops
-from kernels.jagged import Jagged, pad_jagged
 from kernels.reference import sdim_table as ref_sdim
 from kernels.reference import topk_search as ref_topk
 
-
-def test_pad_jagged_keeps_last_entries():
-    values = torch.arange(1.0, 8.0)
-    out, lengths = pad_jagged(values, torch.tensor([0, 3, 3, 7]), 2)
-    assert lengths.tolist() == [2, 0, 2]
-    assert out.tolist() == [[2.0, 3.0], [0.0, 0.0], [6.0, 7.0]]
-    with pytest.raises(ValueError, match="offsets"):
-        pad_jagged(values, torch.tensor([0, 5, 3]))
-
-
-
-def test_pad_jagged_rejects_offsets_past_the_values_and_keeps_empty_rows():
-    values = torch.arange(1, 8)
-    out, lengths = pad_jagged(values, torch.tensor([0, 3, 3, 7]), 3)
-    assert out.tolist() == [[1, 2, 3], [0, 0, 0], [5, 6, 7]] and lengths.tolist() == [3, 0, 3]
-    with pytest.raises(ValueError, match="offsets"):
-        pad_jagged(values, torch.tensor([0, 3, 8]), 3)
 
 def test_sdim_ops_grad_matches_reference_autograd():
     g = torch.Generator().manual_seed(0)
@@ -67,31 +49,6 @@ def test_topk_ops_grad_matches_reference_autograd():
     assert torch.allclose(gs, ws, atol=1e-6) and torch.allclose(gv, wv, atol=1e-6)
 
 
-def test_jagged_and_padded_inputs_agree():
-    g = torch.Generator().manual_seed(2)
-    lengths = torch.tensor([5, 0, 9, 1])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-    flat_keys = torch.randn(int(lengths.sum()), 8, generator=g)
-    flat_codes = torch.randint(0, 8, (int(lengths.sum()), 3), generator=g)
-    padded_keys, plen = pad_jagged(flat_keys, offsets)
-    padded_codes, _ = pad_jagged(flat_codes, offsets)
-    assert torch.equal(plen, lengths)
-    q = torch.randn(4, 3, 8, generator=g)
-    a = ops.topk_target_search(q, Jagged(flat_keys, offsets), None, 3)
-    b = ops.topk_target_search(q, padded_keys, lengths, 3)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    nested = torch.nested.nested_tensor_from_jagged(flat_keys, offsets)
-    c = ops.topk_target_search(q, nested, None, 3)
-    assert torch.equal(c[1], b[1])
-    t1 = ops.sdim_bucket_table(Jagged(flat_keys, offsets), Jagged(flat_codes, offsets), None, 8)
-    t2 = ops.sdim_bucket_table(padded_keys, padded_codes, lengths, 8)
-    assert torch.equal(t1, t2)
-    values = torch.randn(int(lengths.sum()), 4, generator=g)
-    padded_values, _ = pad_jagged(values, offsets)
-    assert torch.equal(ops.topk_aggregate(b[0], b[1], Jagged(values, offsets)),
-                       ops.topk_aggregate(b[0], b[1], padded_values))
-
-
 def test_bad_inputs_raise_naming_the_argument():
     q = torch.randn(2, 3, 8)
     with pytest.raises(ValueError, match="lengths"):
@@ -100,7 +57,7 @@ def test_bad_inputs_raise_naming_the_argument():
         ops.topk_target_search(q, torch.randn(2, 5, 7), torch.tensor([5, 5]), 2)
     with pytest.raises(ValueError, match="codes"):
         ops.sdim_bucket_table(torch.randn(2, 5, 8), torch.zeros(2, 4, 3, dtype=torch.long), torch.tensor([5, 5]), 4)
+    with pytest.raises(ValueError, match="lengths must be an integer tensor"):
+        ops.topk_target_search(q, torch.randn(2, 5, 8), None, 2)
     with pytest.raises(ValueError, match="tau"):
         ops.simhash_codes(torch.randn(3, 8), torch.randn(8, 7), 2)
-    with pytest.raises(ValueError, match="lengths"):
-        ops.topk_target_search(q, Jagged(torch.randn(4, 8), torch.tensor([0, 1, 4])), torch.tensor([1, 3]), 2)
