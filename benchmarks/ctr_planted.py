@@ -146,13 +146,13 @@ def oracle_metrics(build: Path, cfg: SynthConfig, split: str = "test") -> dict[s
     kinds = truth[TARGET_KIND].to_numpy(zero_copy_only=False).astype(str)[sel]
     rel_all = truth[RELEVANT_POSITIONS].to_pylist()
     world = make_world(cfg)
-    seqs = JaggedSequences.read(build)
-    lut = seqs.row_of_user()
+    sequences = JaggedSequences.read(build)
+    lut = sequences.row_of_user()
     est = np.zeros(len(sel))
     for j, i in enumerate(sel):
         rel = np.asarray(rel_all[i], dtype=np.int64)
         if len(rel):
-            est[j] = world.latent[targets[j]] @ world.latent[seqs.user_items(lut[users[j]])[rel]].mean(0)
+            est[j] = world.latent[targets[j]] @ world.latent[sequences.user_items(lut[users[j]])[rel]].mean(0)
     weight = np.select([kinds == "long_term", kinds == "drift"], [cfg.long_term_weight, cfg.drift_weight], 0.0)
     scores = {"bayes": truth[CLICK_LOGIT].to_numpy()[sel],
               "history": cfg.label_bias + world.bias[targets] + weight * est}

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = torch.randint(2, n + 1, (B,), generator=g)
     ids = torch.randint(1, N + 1, (B, n), generator=g) * (torch.arange(n)[None, :] >= n - lengths[:, None])
     pos = torch.roll(ids, -1, 1) * (ids != 0)
-    batch = {"seq": ids, "pos": pos, "neg": torch.randint(1, N + 1, (B, n, 1), generator=g)}
+    batch = {"items": ids, "pos": pos, "neg": torch.randint(1, N + 1, (B, n, 1), generator=g)}
 
     lookups = {b: ItemEmbedding(N + 1, d, b) for b in ("torch", "torchrec")}
     with torch.no_grad():

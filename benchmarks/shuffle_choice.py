@@ -78,8 +78,8 @@ def hash_shuffle(inp: Path, buckets: int) -> int:
         return df.with_columns(pl.Series("_b", layout.part_of(df["user_id"].to_numpy(), buckets))).to_arrow()
 
     def group(t: pa.Table) -> pa.Table:
-        seqs = group_sequences(pl.from_arrow(t).drop("_b"))
-        return pa.table({"n": [seqs.height]})
+        sequences = group_sequences(pl.from_arrow(t).drop("_b"))
+        return pa.table({"n": [sequences.height]})
 
     ds = ray.data.read_parquet(str(inp)).map_batches(add_bucket, batch_format="pyarrow", batch_size=None)
     out = ds.groupby("_b", num_partitions=min(buckets, 16)).map_groups(group, batch_format="pyarrow")

@@ -66,8 +66,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, cfg_json: str) 
     loss.backward()
     seconds = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
-    users = int(task.seqs.num_users)
-    events = int(task.seqs.items.size)
+    users = int(task.sequences.num_users)
+    events = int(task.sequences.items.size)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(

@@ -135,7 +135,7 @@ def time_reference(task, batches: int, batch_size: int, maxlen: int, warmup: int
     """(seconds per batch incl. sampling, seconds per batch model step only)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    user_train = [task.seqs.user_items(r)[: task.train_ends[r]].tolist() for r in range(task.seqs.num_users)]
+    user_train = [task.sequences.user_items(r)[: task.train_ends[r]].tolist() for r in range(task.sequences.num_users)]
     eligible = task.train_rows
     model = PmixerSASRec(task.num_items, 50, maxlen, 2, 1, 0.2)
     model.train()

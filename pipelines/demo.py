@@ -109,7 +109,7 @@ def train_next_item(cfg: DemoConfig, build_dir: Path) -> Path:
     print(format_table(result))
     run = load_run(run_dir)
     recommender = Recommender(run)
-    user = int(run.vocabs["users"].decode(recommender.seqs.user_ids[:1])[0])
+    user = int(run.vocabs["users"].decode(recommender.sequences.user_ids[:1])[0])
     rec = recommender.recommend(user, k=10, exclude_seen=True)
     print(f"top-10 for user {user} (seen items excluded): " +
           ", ".join(f"{i} ({s:.2f})" for i, s in zip(rec.item_ids, rec.scores)))

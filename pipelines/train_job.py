@@ -147,7 +147,7 @@ def _global_teacher(task: Any, max_len: int, time_span: int, world_size: int) ->
     from recsys.models.transitions import TransitionGraph
     from recsys.tasks.collective import all_concat
 
-    local = TransitionGraph.from_sequences(task.seqs, task.train_ends, max_len=max_len, time_span=time_span,
+    local = TransitionGraph.from_sequences(task.sequences, task.train_ends, max_len=max_len, time_span=time_span,
                                            num_items=task.num_items)
     n1 = task.num_items + 1
     src = np.repeat(np.arange(n1, dtype=np.int64), np.diff(local.indptr.numpy()))

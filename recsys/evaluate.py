@@ -29,8 +29,8 @@ class PopularityModel(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.counts  # [N+1,1]
 
-    def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
-        return torch.ones(seq.shape[0], 1, device=self.counts.device)  # [B,1]
+    def user_embedding(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.ones(items.shape[0], 1, device=self.counts.device)  # [B,1]
 
 
 def popularity_metrics(task: Any, split: str) -> dict[str, float]:

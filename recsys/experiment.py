@@ -168,7 +168,7 @@ def build_model(cfg: ExperimentConfig, task: TrainTask | None = None) -> torch.n
     if task is not None and hasattr(model, "attach_teacher"):
         from recsys.models.transitions import TransitionGraph
 
-        graph = TransitionGraph.from_sequences(task.seqs, task.train_ends, max_len=mcfg.max_len,
+        graph = TransitionGraph.from_sequences(task.sequences, task.train_ends, max_len=mcfg.max_len,
                                                time_span=getattr(mcfg, "time_span", 1), num_items=task.num_items)
         model.attach_teacher(graph)
     return model

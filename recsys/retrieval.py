@@ -104,26 +104,26 @@ class Recommender:
         self.model = run.model.to(device).eval()
         self.index = index if index is not None else load_index(Path(run.run_dir) / INDEX_FILE)
         self.max_len = int(run.model.max_len)
-        self.seqs = JaggedSequences.read(run.build_dir)
-        self.row_of_user = self.seqs.row_of_user()
+        self.sequences = JaggedSequences.read(run.build_dir)
+        self.row_of_user = self.sequences.row_of_user()
 
     def history(self, user: int) -> np.ndarray:
         """Dense item ids of a raw user id's whole known sequence (error when unknown)."""
         dense = int(self.run.vocabs["users"].encode(np.array([user]))[0])
         if dense == 0 or dense >= self.row_of_user.size or self.row_of_user[dense] < 0:
             raise KeyError(f"user {user} is not in this run's vocabulary / sequences")
-        return self.seqs.user_items(int(self.row_of_user[dense]))
+        return self.sequences.user_items(int(self.row_of_user[dense]))
 
     @torch.no_grad()
     def recommend_history(self, history: np.ndarray, k: int = 10, exclude_seen: bool = True) -> Recommendation:
         """Top-k from a dense-id history (most recent last)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        seq = np.zeros(self.max_len, dtype=np.int64)
+        items = np.zeros(self.max_len, dtype=np.int64)  # left-padded model input
         tail = np.asarray(history, dtype=np.int64)[-self.max_len:]
         if tail.size:
-            seq[-tail.size:] = tail
-        user = self.model.user_embedding(torch.from_numpy(seq)[None].to(self.device))  # [1,d]
+            items[-tail.size:] = tail
+        user = self.model.user_embedding(torch.from_numpy(items)[None].to(self.device))  # [1,d]
         seen = set(np.asarray(history).tolist()) if exclude_seen else set()
         want = min(k + len(seen), self.index.ntotal)
         scores, ids = search(self.index, user, want, device=self.device,

@@ -32,7 +32,10 @@ from serving.store.base import History
 __all__ = ["CTRScorer", "ModelInfo", "Retriever", "State", "clone_state", "state_from_bytes", "state_to_bytes"]
 
 State = dict[str, torch.Tensor]
-SEQS_KEY = "serving.event_seqs"  # [K] int64 store seq of each known history item in a state
+#: [K] int64 store version at which each known history item of a state was appended (its event's
+#: position in the user's log, store/base.py); states saved before this name carry
+#: "serving.event_seqs" instead and are re-encoded (serving/state.py)
+VERSIONS_KEY = "serving.event_versions"
 
 
 def item_category_map(build_dir: Path | None, num_items: int) -> np.ndarray:
@@ -86,8 +89,8 @@ class CTRScorer:
     """A CTR model ready to serve. Thread-compatible: scoring runs under torch.inference_mode.
 
     On `device` (cpu or cuda) live the model and each user's model state (bucket tables, attention
-    keys: what scoring reads); the states' event-seq bookkeeping, ids and the returned scores stay on
-    the CPU. On CUDA the retrieval-stage ops run as the Triton kernels (kernels.ops dispatch)."""
+    keys: what scoring reads); the states' event-version bookkeeping, ids and the returned scores
+    stay on the CPU. On CUDA the retrieval-stage ops run as the Triton kernels (kernels.ops dispatch)."""
 
     def __init__(self, model: torch.nn.Module, vocabs: dict, info: ModelInfo, item_cats: np.ndarray, max_history: int,
                  device: str = "cpu", trained_max_history: int | None = None) -> None:
@@ -141,13 +144,14 @@ class CTRScorer:
         return np.where((raw >= 0) & (given > 0), given, from_item)
 
     def _dense_history(self, h: History) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Known items, their categories and their event seqs (the log holds seq h.seq-len+1..h.seq)."""
+        """Known items, their categories and their event versions (the log holds versions
+        h.version-len+1..h.version)."""
         items = self.encode_items(h.items)
         keep = items > 0  # unknown history items are skipped (see module docstring)
         cats = self.encode_categories(h.categories, items)
-        seqs = np.arange(h.seq - len(h) + 1, h.seq + 1, dtype=np.int64)
+        versions = np.arange(h.version - len(h) + 1, h.version + 1, dtype=np.int64)
         dev = self.device
-        return torch.from_numpy(items[keep]).to(dev), torch.from_numpy(cats[keep]).to(dev), torch.from_numpy(seqs[keep])
+        return torch.from_numpy(items[keep]).to(dev), torch.from_numpy(cats[keep]).to(dev), torch.from_numpy(versions[keep])
 
     def _on_device(self) -> contextlib.AbstractContextManager:
         """Make the serving GPU the thread's current device (Triton launches on the current device,
@@ -157,41 +161,41 @@ class CTRScorer:
     def to_device(self, state: State) -> State:
         """The state with its model tensors on the serving device: states read back from the store
         are CPU tensors, and the state cache moves them once, when it loads them (encode/append
-        produce states on the device already); the event-seq bookkeeping stays on the CPU. A no-op
+        produce states on the device already); the event-version bookkeeping stays on the CPU. A no-op
         on the CPU."""
         if self.device.type == "cpu":
             return state
-        return {k: (v if k == SEQS_KEY else v.to(self.device, non_blocking=True)) for k, v in state.items()}
+        return {k: (v if k == VERSIONS_KEY else v.to(self.device, non_blocking=True)) for k, v in state.items()}
 
     # -- serving split ----------------------------------------------------------------------
-    # The state of a user at store seq t reflects the known items among the last `max_history`
-    # stored EVENTS (seq t-max_history+1..t), whatever their mix of known and unknown items. So the
-    # state also carries the event seq of each known item it holds (SEQS_KEY): an append evicts
-    # exactly the known items whose events left that window, as a fresh encode would.
+    # The state of a user at store version t reflects the known items among the last `max_history`
+    # stored EVENTS (versions t-max_history+1..t), whatever their mix of known and unknown items. So
+    # the state also carries the event version of each known item it holds (VERSIONS_KEY): an append
+    # evicts exactly the known items whose events left that window, as a fresh encode would.
     def encode(self, h: History) -> State:
-        items, cats, seqs = self._dense_history(h)
+        items, cats, versions = self._dense_history(h)
         with torch.inference_mode(), self._on_device():
             state = self.model.encode_user(items, cats)
-        state[SEQS_KEY] = seqs
+        state[VERSIONS_KEY] = versions
         return state
 
     def append(self, state: State, tail: History, window: int | None = None) -> State:
-        """The state after the events of `tail` (seq tail.seq-len+1..tail.seq, following the
-        state's): known items appended, and known items whose events are no longer among the last
+        """The state after the events of `tail` (versions tail.version-len+1..tail.version, following
+        the state's): known items appended, and known items whose events are no longer among the last
         `window` (default max_history) events evicted."""
-        if SEQS_KEY not in state:
-            raise ValueError(f"state: no {SEQS_KEY!r} entry (a state from an older server version; re-encode it)")
+        if VERSIONS_KEY not in state:
+            raise ValueError(f"state: no {VERSIONS_KEY!r} entry (a state from an older server version; re-encode it)")
         window = self.max_history if window is None else window
-        items, cats, seqs = self._dense_history(tail)
-        all_seqs = torch.cat([state[SEQS_KEY], seqs])
-        kept = all_seqs[all_seqs > tail.seq - window]  # known items still inside the event window
+        items, cats, versions = self._dense_history(tail)
+        all_versions = torch.cat([state[VERSIONS_KEY], versions])
+        kept = all_versions[all_versions > tail.version - window]  # known items still inside the event window
         if kept.numel() == 0:  # every known item left the window
             return self.encode(History.empty())
-        if items.numel() == 0 and kept.numel() == state[SEQS_KEY].numel():
+        if items.numel() == 0 and kept.numel() == state[VERSIONS_KEY].numel():
             return state  # nothing known arrived and nothing known left the window
         with torch.inference_mode(), self._on_device():
             out = self.model.append_to_state(state, items, cats, int(kept.numel()))
-        out[SEQS_KEY] = kept
+        out[VERSIONS_KEY] = kept
         return out
 
     def warm_up(self, every_length: bool | None = None, max_candidates: int = 1) -> None:
@@ -303,9 +307,9 @@ class Retriever:
         dense = dense[dense > 0][-self.max_len :]
         if dense.size == 0:
             raise LookupError("user_id: no history known to the retrieval model (cold start)")
-        seq = torch.from_numpy(dense)[None, :]  # [1, n] most recent last (no padding needed)
+        items = torch.from_numpy(dense)[None, :]  # [1, n] most recent last (no padding needed)
         with torch.inference_mode():
-            q = self.model.user_embedding(seq).float().numpy()  # [1, d]
+            q = self.model.user_embedding(items).float().numpy()  # [1, d]
         want = min(self.index.ntotal, n + len(exclude))
         scores, ids = self.index.search(np.ascontiguousarray(q), want)
         ids, scores = ids[0], scores[0]

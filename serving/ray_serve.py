@@ -6,7 +6,7 @@ loaded on the replica, not pickled from the driver), sets the same process knobs
 in-process state cache;
 replicas share the event log and the serialised per-user states through the Redis store, and a
 replica whose cached state is behind (events arrived through another replica) catches up from the
-store's `seq`. SQLite is refused for more than one replica: its file is local to one machine.
+user's store `version`. SQLite is refused for more than one replica: its file is local to one machine.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ def job_state(job: ScoreJob) -> tuple[UserState, State]:
     us = job.user if job.user is not None else job.cache.get(job.scorer, job.user_id)
     state = us.state
     if job.recent is not None and len(job.recent):
-        r = job.recent  # request-only events right after the stored ones (positions us.seq+1..)
-        state = job.scorer.append(clone_state(state), History(r.items, r.categories, r.timestamps, us.seq + len(r)))
+        r = job.recent  # request-only events right after the stored ones (versions us.version+1..)
+        state = job.scorer.append(clone_state(state), History(r.items, r.categories, r.timestamps, us.version + len(r)))
     return us, state
 
 
@@ -109,7 +109,7 @@ class Scoring:
         assert cache is not None and grouper is not None
         if grouper.inline_when_alone:
             # a lone request may be scored on the event loop: it must carry a state that needs no
-            # store I/O beyond the O(1) seq read; a cold or behind-the-store state (catch-up reads
+            # store I/O beyond the O(1) version read; a cold or behind-the-store state (catch-up reads
             # history and may wait for a writer's fsync) is resolved in a worker thread first
             us = cache.current(scorer, user_id)
             if us is None:
@@ -134,7 +134,7 @@ class Scoring:
             "scores": probs,
             "model": {"name": scorer.info.name, "version": scorer.info.version},
             "unknown_items": first_occurrences(raw[dense == 0]),
-            "cold_start": us.seq == 0,
+            "cold_start": us.version == 0,
             "history_length": us.history_length,
             "effective_history_length": effective_length(scorer, us, recent),
         }

@@ -178,8 +178,8 @@ def score_run(summary: RunSummary, split: str = "test") -> NextItemRanks | CTRPr
     if summary.task == "next_item":
         rows, ranks = task.ranks(loaded.model, split)
         shift = 2 if split == "valid" else 1
-        ends = task.seqs.lengths[rows] - shift
-        return NextItemRanks(split, task.seqs.user_ids[rows], ends.astype(np.int64), ranks)
+        ends = task.sequences.lengths[rows] - shift
+        return NextItemRanks(split, task.sequences.user_ids[rows], ends.astype(np.int64), ranks)
     s = task.splits[split]
     logits = task.predict(loaded.model, split)
     return CTRPredictions(split, s.user_ids.astype(np.int64), s.prefix.astype(np.int64), s.labels.astype(np.int64),

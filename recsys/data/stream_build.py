@@ -216,14 +216,14 @@ def bucket_outputs(bucket: int, sh: OutputShared) -> PartResult:
     """Pass 3 on one bucket (see module docstring)."""
     events = read_bucket(sh.event_files.get(bucket, []), sh.event_schema)
     kept = events.filter(~duplicate_mask(events)).drop("line")
-    seqs = group_sequences(encode(kept, sh.stats.vocabs))
-    ev, ctr = user_outputs(seqs, sh.cfg, sh.stats)
+    sequences = group_sequences(encode(kept, sh.stats.vocabs))
+    ev, ctr = user_outputs(sequences, sh.cfg, sh.stats)
     files = {}
-    for table, df in ((layout.SEQUENCES, seqs), (layout.EVAL_NEGATIVES, ev), (layout.CTR_SAMPLES, ctr)):
+    for table, df in ((layout.SEQUENCES, sequences), (layout.EVAL_NEGATIVES, ev), (layout.CTR_SAMPLES, ctr)):
         rel = f"{table}/{layout.part_name(bucket)}"
         write_atomic(df, sh.out / rel, final=True)
         files[rel] = sha256_file(sh.out / rel)
     by_split = {s: int(n) for s, n in ctr.group_by(schema.SPLIT).len().iter_rows()}
     pos = int(ctr[schema.LABEL].cast(pl.Int64).sum()) if ctr.height else 0
-    lengths = seqs[schema.SEQ_ITEMS].list.len().to_numpy().astype(np.int64)
-    return PartResult(bucket, kept.height, seqs.height, lengths, by_split, pos, files)
+    lengths = sequences[schema.SEQ_ITEMS].list.len().to_numpy().astype(np.int64)
+    return PartResult(bucket, kept.height, sequences.height, lengths, by_split, pos, files)

@@ -369,7 +369,7 @@ def _chunk_tables(world: World, uid: np.ndarray, us: _Users, ev: _Events, smp: _
     """The chunk's four Arrow tables (sequences, samples, planted truth, eval negatives)."""
     u = len(uid)
     off32 = pa.array(ev.offsets.astype(np.int32))
-    seq = pa.table({
+    sequences = pa.table({
         schema.USER: pa.array(uid),
         schema.SEQ_ITEMS: pa.ListArray.from_arrays(off32, pa.array(ev.items)),
         schema.SEQ_TIMES: pa.ListArray.from_arrays(off32, pa.array(ev.times.astype(np.int64))),
@@ -394,7 +394,7 @@ def _chunk_tables(world: World, uid: np.ndarray, us: _Users, ev: _Events, smp: _
             pa.array(np.arange(0, (u + 1) * schema.NUM_EVAL_NEGATIVES, schema.NUM_EVAL_NEGATIVES, dtype=np.int32)),
             pa.array(negatives.reshape(-1))),
     })
-    return Chunk(sequences=seq, samples=samples, truth=truth, negatives=neg, lengths=us.lengths)
+    return Chunk(sequences=sequences, samples=samples, truth=truth, negatives=neg, lengths=us.lengths)
 
 
 def _eval_negatives(rng: np.random.Generator, row: np.ndarray, items: np.ndarray, u: int, n_items: int) -> np.ndarray:

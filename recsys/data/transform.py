@@ -91,17 +91,17 @@ def group_sequences(encoded: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _jagged(seqs: pl.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
-    s = seqs[col]
+def _jagged(sequences: pl.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
+    s = sequences[col]
     lengths = s.list.len().to_numpy().astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return s.explode().to_numpy(), offsets
 
 
-def user_outputs(seqs: pl.DataFrame, cfg: BuildConfig, stats: GlobalStats) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """eval_negatives and ctr_samples of the users in `seqs` (any subset of users)."""
-    user_ids = seqs[schema.USER].to_numpy().astype(np.int64)
-    items, offsets = _jagged(seqs, schema.SEQ_ITEMS)
+def user_outputs(sequences: pl.DataFrame, cfg: BuildConfig, stats: GlobalStats) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """eval_negatives and ctr_samples of the users in `sequences` (any subset of users)."""
+    user_ids = sequences[schema.USER].to_numpy().astype(np.int64)
+    items, offsets = _jagged(sequences, schema.SEQ_ITEMS)
     items = items.astype(np.int64)
     negs = eval_negatives(user_ids, offsets, items, stats.num_items, cfg.num_eval_negatives, cfg.seed)
     ev = pl.DataFrame({schema.USER: user_ids, schema.NEGATIVES: negs}).with_columns(
@@ -109,7 +109,7 @@ def user_outputs(seqs: pl.DataFrame, cfg: BuildConfig, stats: GlobalStats) -> tu
     )
     if cfg.ctr.mode == "none":
         return ev, empty_ctr(stats)
-    labels = _jagged(seqs, "labels")[0] if "labels" in seqs.columns else None
+    labels = _jagged(sequences, "labels")[0] if "labels" in sequences.columns else None
     ctr = build_ctr_samples(
         user_ids, offsets, items, mode=cfg.ctr.mode, start=cfg.ctr.start, stop=cfg.ctr.stop, step=cfg.ctr.step,
         min_history=cfg.ctr.min_history, negatives_per_positive=cfg.ctr.negatives_per_positive, seed=cfg.seed,
@@ -139,9 +139,9 @@ def transform(events: pl.DataFrame, cfg: BuildConfig) -> tuple[BuildTables, Glob
     vocabs = fit_vocabularies(events[schema.USER].to_numpy(), events[schema.ITEM].to_numpy(), cats)
     encoded = encode(events, vocabs)
     stats = global_stats(encoded, vocabs)
-    seqs = group_sequences(encoded)
-    ev, ctr = user_outputs(seqs, cfg, stats)
-    return BuildTables(seqs, ev, ctr), stats
+    sequences = group_sequences(encoded)
+    ev, ctr = user_outputs(sequences, cfg, stats)
+    return BuildTables(sequences, ev, ctr), stats
 
 
 # ---------------------------------------------------------------- writing

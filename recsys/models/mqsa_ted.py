@@ -9,7 +9,7 @@ logit-level mixing α·h^S Ē^T + (1-α)·h^L Ē^T.
 
 TED (recsys/models/transitions.py): KD from the training transition graph into the input item
 table: student q_i = softmax((√d·Dropout(E[i]))·E^T/τ) over items 1..N, teacher p_i from the
-graph, loss = mean over every non-pad item occurrence of the batch's `seq` (duplicates kept) of
+graph, loss = mean over every non-pad item occurrence of the batch's `items` (duplicates kept) of
 -Σ p log q, weight λ_kd. Call `attach_teacher(graph)` before training (it computes the teacher
 rows for τ once; the per-step cost is the [R, N] student softmax, see transitions.py).
 
@@ -96,11 +96,11 @@ class MQSATED(SequenceEncoderBase):
         self.teacher = graph
         self.teacher_w = teacher_weights(graph, self.cfg.tau)
 
-    def branches(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """seq [B,n] -> (h^S [B,n,d], h^L [B,n,d]), padded positions zero."""
-        self._check_seq(seq)
-        seq, start = self.trim(seq)  # exact, see recsys/models/sasrec.py
-        x0, valid = self.embed(seq)
+    def branches(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items [B,n] -> (h^S [B,n,d], h^L [B,n,d]), padded positions zero."""
+        self._check_items(items)
+        items, start = self.trim(items)  # exact, see recsys/models/sasrec.py
+        x0, valid = self.embed(items)
         mask = causal_padding_mask(valid)  # [B,1,n,n]
         keep = valid[..., None].to(x0.dtype)
         xs = xl = x0
@@ -111,33 +111,33 @@ class MQSATED(SequenceEncoderBase):
         hs, hl = self.short_norm(xs) * keep, self.long_norm(xl) * keep  # [B,n',d]
         return F.pad(hs, (0, 0, start, 0)), F.pad(hl, (0, 0, start, 0))
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq [B,n] -> α·h^S + (1-α)·h^L [B,n,d]."""
-        hs, hl = self.branches(seq)
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B,n] -> α·h^S + (1-α)·h^L [B,n,d]."""
+        hs, hl = self.branches(items)
         return self.cfg.alpha * hs + (1.0 - self.cfg.alpha) * hl
 
-    def kd_loss(self, seq: torch.Tensor) -> torch.Tensor:
-        """TED loss over the non-pad item occurrences of seq [B,n]."""
+    def kd_loss(self, items: torch.Tensor) -> torch.Tensor:
+        """TED loss over the non-pad item occurrences of items [B,n]."""
         if self.teacher is None or self.teacher_w is None:
             raise RuntimeError("MQSA-TED needs attach_teacher(TransitionGraph) before training with lambda_kd > 0")
         if self.teacher_w.tau != self.cfg.tau:  # cfg.tau changed after attach_teacher
             self.teacher_w = teacher_weights(self.teacher, self.cfg.tau)
-        items = seq[seq != 0]  # [R]
+        occurrences = items[items != 0]  # [R]
         table = self.item_embeddings()[1:]  # [N,d] no padding row
-        student = math.sqrt(self.dim) * self.kd_drop(table[items - 1])  # [R,d]
-        if self.teacher_w.w.device != seq.device:
-            self.teacher_w = self.teacher_w.to(seq.device)
+        student = math.sqrt(self.dim) * self.kd_drop(table[occurrences - 1])  # [R,d]
+        if self.teacher_w.w.device != items.device:
+            self.teacher_w = self.teacher_w.to(items.device)
             self.teacher = self.teacher_w.graph
-        return ted_kd_loss(self.teacher, items, student, table, self.cfg.tau, weights=self.teacher_w)
+        return ted_kd_loss(self.teacher, occurrences, student, table, self.cfg.tau, weights=self.teacher_w)
 
     def training_loss(self, batch: dict[str, torch.Tensor], loss_cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-        seq = batch["seq"]
-        hidden = self.forward(seq)
+        items = batch["items"]
+        hidden = self.forward(items)
         rec = next_item_loss(hidden, self.item_embeddings(), batch, loss_cfg)
         loss = rec
         logs = {"rec_loss": float(rec.detach())}
         if self.cfg.lambda_kd > 0:
-            kd = apply_reduction(self.kd_loss(seq), batch, loss_cfg)  # a mean over the same positions
+            kd = apply_reduction(self.kd_loss(items), batch, loss_cfg)  # a mean over the same positions
             loss = loss + self.cfg.lambda_kd * kd
             logs["kd_loss"] = float(kd.detach())
         if self.cfg.l2_reg > 0:

@@ -50,26 +50,26 @@ class SequenceEncoderBase(nn.Module):
     item_emb: ItemEmbedding
     pos_emb: nn.Parameter
 
-    def _check_seq(self, seq: torch.Tensor) -> None:
-        if seq.dim() != 2:
-            raise ValueError(f"seq must be [B,n], got shape {tuple(seq.shape)}")
-        if seq.shape[1] > self.max_len:
-            raise ValueError(f"seq length {seq.shape[1]} exceeds model max_len {self.max_len}")
+    def _check_items(self, items: torch.Tensor) -> None:
+        if items.dim() != 2:
+            raise ValueError(f"items must be [B,n], got shape {tuple(items.shape)}")
+        if items.shape[1] > self.max_len:
+            raise ValueError(f"items length {items.shape[1]} exceeds model max_len {self.max_len}")
 
-    def trim(self, seq: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Drop leading columns that are padding in every row: (seq[:, start:], start)."""
+    def trim(self, items: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Drop leading columns that are padding in every row: (items[:, start:], start)."""
         if not self.cfg.trim_padding:
-            return seq, 0
-        cols = (seq != 0).any(0)  # [n]
-        start = int(cols.to(torch.int8).argmax()) if bool(cols.any()) else seq.shape[1] - 1
-        return seq[:, start:], start
+            return items, 0
+        cols = (items != 0).any(0)  # [n]
+        start = int(cols.to(torch.int8).argmax()) if bool(cols.any()) else items.shape[1] - 1
+        return items[:, start:], start
 
-    def embed(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """seq [B,n] -> (X⁰ [B,n,d], valid [B,n] bool)."""
-        self._check_seq(seq)
-        n = seq.shape[1]
-        valid = seq != 0  # [B,n]
-        x = self.item_emb(seq) * math.sqrt(self.dim) + self.pos_emb[self.max_len - n:]  # [B,n,d]
+    def embed(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items [B,n] -> (X⁰ [B,n,d], valid [B,n] bool)."""
+        self._check_items(items)
+        n = items.shape[1]
+        valid = items != 0  # [B,n]
+        x = self.item_emb(items) * math.sqrt(self.dim) + self.pos_emb[self.max_len - n:]  # [B,n,d]
         x = self.emb_drop(x) * valid[..., None].to(x.dtype)
         return x, valid
 
@@ -77,9 +77,9 @@ class SequenceEncoderBase(nn.Module):
         """[N+1,d] the shared item table (row 0 = padding)."""
         return self.item_emb.weight
 
-    def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq [B,n] -> [B,d], the hidden state at the last (most recent) position."""
-        return self.forward(seq)[:, -1]
+    def user_embedding(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B,n] -> [B,d], the hidden state at the last (most recent) position."""
+        return self.forward(items)[:, -1]
 
 
 class SASRec(SequenceEncoderBase):
@@ -106,11 +106,11 @@ class SASRec(SequenceEncoderBase):
                 nn.init.xavier_normal_(p)
         self.item_emb.weight[0].zero_()
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq [B,n] left-padded item ids -> hidden [B,n,d] (padded positions zero)."""
-        self._check_seq(seq)
-        seq, start = self.trim(seq)  # [B,n'] n' = n - start
-        x, valid = self.embed(seq)  # [B,n',d], [B,n']
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B,n] left-padded item ids -> hidden [B,n,d] (padded positions zero)."""
+        self._check_items(items)
+        items, start = self.trim(items)  # [B,n'] n' = n - start
+        x, valid = self.embed(items)  # [B,n',d], [B,n']
         mask = causal_padding_mask(valid)  # [B,1,n',n']
         for blk in self.blocks:
             x = blk(x, valid, mask=mask)
@@ -118,7 +118,7 @@ class SASRec(SequenceEncoderBase):
         return F.pad(h, (0, 0, start, 0))  # [B,n,d]
 
     def training_loss(self, batch: dict[str, torch.Tensor], loss_cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-        hidden = self.forward(batch["seq"])
+        hidden = self.forward(batch["items"])
         table = self.item_embeddings()
         rec = next_item_loss(hidden, table, batch, loss_cfg)
         loss = rec

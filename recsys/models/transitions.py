@@ -44,36 +44,36 @@ class TransitionGraph:
         return int(self.indices.numel())
 
     @classmethod
-    def from_sequences(cls, seqs: JaggedSequences, train_ends: np.ndarray, max_len: int,
+    def from_sequences(cls, sequences: JaggedSequences, train_ends: np.ndarray, max_len: int,
                        time_span: int = 1, num_items: int | None = None) -> "TransitionGraph":
         """Count transitions on items[offsets[r] + max(0, e_r - max_len) : offsets[r] + e_r] per row r,
         where e_r = train_ends[r] is the exclusive end of row r's training part (vectorised)."""
         if num_items is None:
             raise ValueError("num_items is required (number of real items; ids are 1..num_items)")
         train_ends = np.asarray(train_ends, dtype=np.int64)
-        lengths = seqs.lengths
-        if train_ends.shape != (seqs.num_users,):
-            raise ValueError(f"train_ends must have shape ({seqs.num_users},), got {train_ends.shape}")
+        lengths = sequences.lengths
+        if train_ends.shape != (sequences.num_users,):
+            raise ValueError(f"train_ends must have shape ({sequences.num_users},), got {train_ends.shape}")
         if (train_ends < 0).any() or (train_ends > lengths).any():
             bad = int(np.flatnonzero((train_ends < 0) | (train_ends > lengths))[0])
             raise ValueError(f"train_ends[{bad}]={train_ends[bad]} outside [0, {lengths[bad]}] (row length)")
         if max_len < 1 or time_span < 1:
             raise ValueError(f"max_len and time_span must be >= 1, got {max_len}, {time_span}")
-        starts = seqs.offsets[:-1] + np.maximum(train_ends - max_len, 0)  # [U] global
-        ends = seqs.offsets[:-1] + train_ends  # [U] global, exclusive
+        starts = sequences.offsets[:-1] + np.maximum(train_ends - max_len, 0)  # [U] global
+        ends = sequences.offsets[:-1] + train_ends  # [U] global, exclusive
         span = ends - starts
         # global positions of every kept item, and the global end of its row
-        row = np.repeat(np.arange(seqs.num_users), span)
+        row = np.repeat(np.arange(sequences.num_users), span)
         local = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span)
         gpos = starts[row] + local
-        kept = seqs.items[gpos]
+        kept = sequences.items[gpos]
         if kept.size and (kept.min() < 1 or kept.max() > num_items):
             raise ValueError(f"sequence items must be in 1..{num_items} (num_items), found {kept.min()}..{kept.max()}")
         src_l, dst_l = [], []
         for k in range(1, time_span + 1):
             ok = gpos + k < ends[row]
-            src_l.append(seqs.items[gpos[ok]])
-            dst_l.append(seqs.items[gpos[ok] + k])
+            src_l.append(sequences.items[gpos[ok]])
+            dst_l.append(sequences.items[gpos[ok] + k])
         src = np.concatenate(src_l) if src_l else np.zeros(0, np.int64)
         dst = np.concatenate(dst_l) if dst_l else np.zeros(0, np.int64)
         key, cnt = np.unique(src * (num_items + 1) + dst, return_counts=True)  # sorted by (src, dst)

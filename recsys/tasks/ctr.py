@@ -73,9 +73,9 @@ class SplitSamples:
         return SplitSamples(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
 
 
-def read_ctr_samples(build_dir: Path, seqs: JaggedSequences, num_items: int | None = None,
+def read_ctr_samples(build_dir: Path, sequences: JaggedSequences, num_items: int | None = None,
                      parts: list[int] | None = None) -> dict[str, SplitSamples]:
-    """The build's ctr_samples `parts` (default all; `seqs` must hold the same parts) -> per-split
+    """The build's ctr_samples `parts` (default all; `sequences` must hold the same parts) -> per-split
     arrays; every bad row is an error naming the column."""
     path = build_dir / layout.CTR_SAMPLES
     if not path.is_dir():
@@ -94,13 +94,13 @@ def read_ctr_samples(build_dir: Path, seqs: JaggedSequences, num_items: int | No
     labels = table[schema.LABEL].to_numpy()
     cats = (table[schema.CATEGORY].to_numpy().astype(np.int64) if schema.CATEGORY in table.column_names
             else np.zeros(len(items), dtype=np.int64))
-    lookup = seqs.row_of_user()
+    lookup = sequences.row_of_user()
     known = (users >= 0) & (users < len(lookup))
     rows = np.where(known, lookup[np.where(known, users, 0)], -1)
     if (rows < 0).any():
         raise ValueError(f"{path}: column 'user_id' has {int((rows < 0).sum())} users without a sequence "
                          f"(e.g. {users[rows < 0][:3].tolist()})")
-    lengths = seqs.lengths[rows]
+    lengths = sequences.lengths[rows]
     if ((prefix < 0) | (prefix > lengths)).any():
         i = int(np.flatnonzero((prefix < 0) | (prefix > lengths))[0])
         raise ValueError(f"{path}: column 'prefix_length' out of [0, sequence length] at row {i} "
@@ -141,15 +141,15 @@ class CTRTask:
         if eval_batch_size < 1 or bucket_pool < 1:
             raise ValueError("eval_batch_size and bucket_pool must be >= 1")
         self.max_history, self.eval_batch_size, self.bucket_pool = max_history, eval_batch_size, bucket_pool
-        self.seqs = sequences if sequences is not None else JaggedSequences.read(
+        self.sequences = sequences if sequences is not None else JaggedSequences.read(
             self.build_dir, self.parts, columns=(schema.SEQ_CATEGORIES,))  # no times: unused
         items_vocab = self.build_dir / schema.VOCAB_DIR / schema.ITEMS_VOCAB
         self.num_items = int(pq.read_metadata(str(items_vocab)).num_rows) if items_vocab.is_file() else None
-        self.splits = read_ctr_samples(self.build_dir, self.seqs, self.num_items, self.parts)
+        self.splits = read_ctr_samples(self.build_dir, self.sequences, self.num_items, self.parts)
         self.train = self.splits["train"]  # this worker's users' samples (all of them when unsharded)
-        self.has_categories = self.seqs.categories is not None
+        self.has_categories = self.sequences.categories is not None
         log.info("CTR task %s: rank %d/%d, parts %s: users=%d samples train=%d valid=%d test=%d, max_history=%d",
-                 self.build_dir, rank, world_size, self.parts, self.seqs.num_users, len(self.train),
+                 self.build_dir, rank, world_size, self.parts, self.sequences.num_users, len(self.train),
                  len(self.splits["valid"]), len(self.splits["test"]), max_history)
 
     @classmethod
@@ -170,9 +170,9 @@ class CTRTask:
         """The CTR batch of samples `s` (vectorised window extraction)."""
         lengths = np.minimum(s.prefix, self.max_history)
         width = max(int(lengths.max(initial=0)), 1)
-        hist = self.seqs.windows(s.rows, s.prefix, width, align="right_pad")  # [B,L]
+        hist = self.sequences.windows(s.rows, s.prefix, width, align="right_pad")  # [B,L]
         if self.has_categories:
-            hist_cats = self.seqs.windows(s.rows, s.prefix, width, values=self.seqs.categories, align="right_pad")
+            hist_cats = self.sequences.windows(s.rows, s.prefix, width, values=self.sequences.categories, align="right_pad")
         else:
             hist_cats = np.zeros_like(hist)
         return {

@@ -7,8 +7,8 @@ them in train and is not evaluated. A user trains when the train part has >= 2 i
 next-item target), as in the official code.
 
 Training batch of B users (no per-sample Python loop):
-    seq [B,n] = last n train items before the last one (left-padded), pos [B,n] = the next item
-    at each non-pad position of seq (0 elsewhere), neg [B,n,K] = uniform over items not in the
+    items [B,n] = last n train items before the last one (left-padded), pos [B,n] = the next item
+    at each non-pad position of items (0 elsewhere), neg [B,n,K] = uniform over items not in the
     user's train set (vectorised rejection sampling, membership by searchsorted on the sorted
     keys row*(N+1)+item), 0 where pos is 0; for loss kind "sampled_softmax": shared_neg [M] drawn
     from the train-item frequency distribution and shared_neg_logq [M] = log Q(item).
@@ -86,16 +86,16 @@ class NextItemTask:
         self.ks = tuple(ks)
         self.rank, self.world_size = rank, world_size
         self.parts = collective.shard_parts(self.build_dir, rank, world_size)  # this worker's users
-        self.seqs = sequences if sequences is not None else JaggedSequences.read(
+        self.sequences = sequences if sequences is not None else JaggedSequences.read(
             self.build_dir, self.parts, columns=())  # items only
         self.num_items = vocabulary_size(self.build_dir, "items")
-        seqs = self.seqs
-        if seqs.items.size and (seqs.items.min() < 1 or seqs.items.max() > self.num_items):
+        items = self.sequences.items
+        if items.size and (items.min() < 1 or items.max() > self.num_items):
             raise ValueError(
                 f"sequences.parquet: items must be dense ids 1..{self.num_items} (vocab size), "
-                f"found {seqs.items.min()}..{seqs.items.max()}"
+                f"found {items.min()}..{items.max()}"
             )
-        lengths = seqs.lengths
+        lengths = self.sequences.lengths
         #: exclusive end of each row's train part: len-2 for evaluated users, len otherwise
         self.train_ends = np.where(lengths >= 3, lengths - 2, lengths).astype(np.int64)
         self.train_rows = np.flatnonzero(self.train_ends >= 2)  # this worker's users (all when unsharded)
@@ -118,16 +118,16 @@ class NextItemTask:
         """(sorted unique keys row*(N+1)+item over every row's train part, train item counts),
         over blocks of rows of about `chunk_events` events: rows ascend, so the blocks' keys are
         disjoint and ascending, and the temporaries stay O(block) instead of several x events."""
-        seqs, n1 = self.seqs, self.num_items + 1
+        sequences, n1 = self.sequences, self.num_items + 1
         counts = np.zeros(n1, dtype=np.int64)
         keys = []
-        starts = np.searchsorted(seqs.offsets[:-1], np.arange(0, seqs.items.size, chunk_events), side="right") - 1
-        bounds = np.unique(np.r_[np.maximum(starts, 0), seqs.num_users])
+        starts = np.searchsorted(sequences.offsets[:-1], np.arange(0, sequences.items.size, chunk_events), side="right") - 1
+        bounds = np.unique(np.r_[np.maximum(starts, 0), sequences.num_users])
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             rows = np.arange(lo, hi, dtype=np.int64)
             ends = self.train_ends[rows]
-            index = np.repeat(seqs.offsets[rows] - np.r_[0, np.cumsum(ends)[:-1]], ends) + np.arange(ends.sum())
-            items = seqs.items[index]
+            index = np.repeat(sequences.offsets[rows] - np.r_[0, np.cumsum(ends)[:-1]], ends) + np.arange(ends.sum())
+            items = sequences.items[index]
             keys.append(np.unique(np.repeat(rows, ends) * n1 + items))
             counts += np.bincount(items, minlength=n1)
         return (np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)), counts
@@ -163,11 +163,11 @@ class NextItemTask:
         """Training batch of `rows` (module doc); batch_size = the epoch's nominal batch size (for
         loss_scale; default len(rows))."""
         ends = self.train_ends[rows]
-        seq = self.seqs.windows(rows, ends - 1, self.max_len)  # [B,n]
-        pos = self.seqs.windows(rows, ends, self.max_len)  # [B,n]
-        seq_t = torch.from_numpy(seq)
-        pos_t = torch.from_numpy(pos).masked_fill(seq_t == 0, 0)
-        batch: Batch = {"seq": seq_t, "pos": pos_t}
+        items = self.sequences.windows(rows, ends - 1, self.max_len)  # [B,n]
+        pos = self.sequences.windows(rows, ends, self.max_len)  # [B,n]
+        items_t = torch.from_numpy(items)
+        pos_t = torch.from_numpy(pos).masked_fill(items_t == 0, 0)
+        batch: Batch = {"items": items_t, "pos": pos_t}
         if self.loss_cfg.reduction == "epoch_mean":
             positions = float((pos_t != 0).sum())
             batch["loss_scale"] = torch.tensor(positions / ((batch_size or len(rows)) * self.mean_positions))
@@ -234,25 +234,25 @@ class NextItemTask:
                 if col not in table.column_names:
                     raise ValueError(f"{path}: missing column {col!r}")
             users = table[schema.USER].to_numpy().astype(np.int64)
-            neg_seqs = JaggedSequences.from_table(table.rename_columns(
+            neg_lists = JaggedSequences.from_table(table.rename_columns(
                 [schema.SEQ_ITEMS if c == schema.NEGATIVES else c for c in table.column_names]))
-            width = int(neg_seqs.lengths.max(initial=0))
-            lookup = self.seqs.row_of_user()
-            out = np.full((self.seqs.num_users, width), -1, dtype=np.int64)
+            width = int(neg_lists.lengths.max(initial=0))
+            lookup = self.sequences.row_of_user()
+            out = np.full((self.sequences.num_users, width), -1, dtype=np.int64)
             known = users < lookup.size
             rows = np.where(known, lookup[np.minimum(users, lookup.size - 1)], -1)
             keep = rows >= 0
-            lens = neg_seqs.lengths
-            dense = neg_seqs.windows(np.arange(len(users)), lens, width, align="right_pad")
+            lens = neg_lists.lengths
+            dense = neg_lists.windows(np.arange(len(users)), lens, width, align="right_pad")
             dense = np.where(np.arange(width)[None, :] < lens[:, None], dense, -1)
             out[rows[keep]] = dense[keep]
-            has = np.zeros(self.seqs.num_users, dtype=bool)
+            has = np.zeros(self.sequences.num_users, dtype=bool)
             has[rows[keep]] = lens[keep] > 0
             missing = self.eval_rows[~has[self.eval_rows]]
             if missing.size:
                 raise ValueError(
                     f"{path}: no negatives for {missing.size} evaluated users (first user_id "
-                    f"{int(self.seqs.user_ids[missing[0]])})"
+                    f"{int(self.sequences.user_ids[missing[0]])})"
                 )
             self._negatives = out
         return self._negatives
@@ -264,12 +264,12 @@ class NextItemTask:
         rows = self.eval_rows
         if self.valid_max_users is None:
             return rows
-        users = collective.all_concat(self.seqs.user_ids[rows], self.world_size)
+        users = collective.all_concat(self.sequences.user_ids[rows], self.world_size)
         if users.size <= self.valid_max_users:
             return rows
         users = np.sort(users)  # unsharded: rows are in user order
         pick = np.random.default_rng(0).choice(users.size, self.valid_max_users, replace=False)
-        return rows[np.isin(self.seqs.user_ids[rows], users[pick])]
+        return rows[np.isin(self.sequences.user_ids[rows], users[pick])]
 
     def _rows_for(self, split: str) -> np.ndarray:
         if split not in ("valid", "test"):
@@ -291,10 +291,10 @@ class NextItemTask:
         shift = 2 if split == "valid" else 1  # target = items[-shift]
         for i in range(0, rows_all.size, self.eval_batch_size):
             rows = rows_all[i : i + self.eval_batch_size]
-            hist_len = self.seqs.lengths[rows] - shift  # [B] history = items[:hist_len]
-            target = torch.from_numpy(self.seqs.items[self.seqs.offsets[rows] + hist_len]).to(device)  # [B]
-            seq = torch.from_numpy(self.seqs.windows(rows, hist_len, self.max_len)).to(device)
-            user = model.user_embedding(seq)  # [B,d]
+            hist_len = self.sequences.lengths[rows] - shift  # [B] history = items[:hist_len]
+            target = torch.from_numpy(self.sequences.items[self.sequences.offsets[rows] + hist_len]).to(device)  # [B]
+            items = torch.from_numpy(self.sequences.windows(rows, hist_len, self.max_len)).to(device)  # [B,n]
+            user = model.user_embedding(items)  # [B,d]
             out: dict[str, torch.Tensor] = {}
             if "full" in protocols:
                 out["full"] = rank_of_target(self._full_scores(user, items_emb, rows, hist_len, target), target)
@@ -314,9 +314,9 @@ class NextItemTask:
         scores = user @ items_emb.T  # [B,N+1]
         scores[:, 0] = -torch.inf
         b = np.repeat(np.arange(rows.size), hist_len)
-        flat = np.repeat(self.seqs.offsets[rows], hist_len) + (
+        flat = np.repeat(self.sequences.offsets[rows], hist_len) + (
             np.arange(hist_len.sum()) - np.repeat(np.cumsum(hist_len) - hist_len, hist_len))
-        hist_items = torch.from_numpy(self.seqs.items[flat]).to(device)
+        hist_items = torch.from_numpy(self.sequences.items[flat]).to(device)
         b_t = torch.from_numpy(b).to(device)
         keep = hist_items != target[b_t]
         scores[b_t[keep], hist_items[keep]] = -torch.inf

@@ -3,14 +3,19 @@
 A store keeps, per raw user id,
 - the event log: the user's behaviours (raw item id, raw category id or -1, timestamp) in
   timestamp order, ties in arrival order (the build's rule), of which the newest `max_history` by
-  that order are kept, plus `seq` = the number of events ever appended (monotonic) and
-  `reorder_seq` = the seq of the last late event (one older than an event already stored);
-  model states computed at a seq below it are rebuilt, not advanced;
+  that order are kept, plus the user's `version` = the number of events ever appended (monotonic)
+  and `reordered_at` = the version of the last late event (one older than an event already
+  stored); model states computed at a version below it are rebuilt, not advanced;
 - idempotency keys: every `event_id` acknowledged within the idempotency window, with its payload:
   a retry with the same payload is a duplicate, the same id with another payload a conflict;
 - model state blobs: the serialised per-user model state (SDIM bucket tables, DARE/TWIN keys) for a
-  model version, tagged with the `seq` it reflects, so replicas share it and nobody re-encodes a
-  long history after a restart.
+  model version, tagged with the user's (history) `version` it reflects, so replicas share it and
+  nobody re-encodes a long history after a restart.
+
+On disk the backends keep their original names, so existing stores still open: the persisted
+field named `seq` is the version (SQLite columns `users.seq`, `events.seq`, `states.seq`; the Redis
+key `s:<user>` and the state hash field `seq`), and `reordered_at` is stored as SQLite's
+`users.reorder_seq` / Redis's `r:<user>`.
 
 `append` returns only after the events are durable (SQLite: committed with synchronous=FULL;
 Redis: as durable as the server's AOF setting - run it with `appendfsync always`).
@@ -39,15 +44,15 @@ class Event:
 
 @dataclass
 class History:
-    """A user's retained events in timestamp order (oldest first); `seq` counts every event ever
-    appended, so the events hold positions seq-len+1..seq of that order; `reordered_at` is the
-    seq of the user's last late event (0: none; seq + 1 for a user migrated from arrival order):
-    a state computed at a seq below it is rebuilt, not advanced."""
+    """A user's retained events in timestamp order (oldest first); `version` counts every event
+    ever appended, so the events hold positions version-len+1..version of that order;
+    `reordered_at` is the version of the user's last late event (0: none; version + 1 for a user
+    migrated from arrival order): a state computed at a version below it is rebuilt, not advanced."""
 
     items: np.ndarray  # [L] int64 raw item ids
     categories: np.ndarray  # [L] int64 raw category ids, -1 when none
     timestamps: np.ndarray  # [L] int64
-    seq: int = 0
+    version: int = 0
     reordered_at: int = 0
 
     def __len__(self) -> int:
@@ -58,11 +63,11 @@ class History:
         z = np.zeros(0, dtype=np.int64)
         return cls(z, z.copy(), z.copy(), 0)
 
-    def tail(self, since_seq: int) -> "History":
-        """Events with seq > since_seq (those not yet reflected in a state at since_seq)."""
-        n = max(0, min(len(self), self.seq - since_seq))
-        return History(self.items[len(self) - n :], self.categories[len(self) - n :], self.timestamps[len(self) - n :], self.seq,
-                       self.reordered_at)
+    def tail(self, since_version: int) -> "History":
+        """Events at versions > since_version (those not yet reflected in a state at since_version)."""
+        n = max(0, min(len(self), self.version - since_version))
+        return History(self.items[len(self) - n :], self.categories[len(self) - n :], self.timestamps[len(self) - n :],
+                       self.version, self.reordered_at)
 
 
 @dataclass
@@ -95,9 +100,10 @@ def payload_key(ev: Event) -> str:
 
 @dataclass(frozen=True)
 class StateBlob:
-    """A serialised model state (safetensors bytes) for one user and model version at `seq`."""
+    """A serialised model state (safetensors bytes) for one user and model version, reflecting the
+    user's history at `version` (the store's event counter, see History)."""
 
-    seq: int
+    version: int
     data: bytes
 
 
@@ -123,13 +129,13 @@ class UserStore(abc.ABC):
         """The user's newest `max_len` (default all retained) events, in timestamp order; empty for unknown users."""
 
     @abc.abstractmethod
-    def history_since(self, user_id: int, since_seq: int) -> History:
-        """Retained events with seq > since_seq, in timestamp order (the catch-up for a cached state
-        at since_seq; valid as a tail only when `reordered_at` <= since_seq)."""
+    def history_since(self, user_id: int, since_version: int) -> History:
+        """Retained events at versions > since_version, in timestamp order (the catch-up for a cached
+        state at since_version; valid as a tail only when `reordered_at` <= since_version)."""
 
     @abc.abstractmethod
-    def seq(self, user_id: int) -> int:
-        """Number of events ever appended for the user (0 = unknown user)."""
+    def version(self, user_id: int) -> int:
+        """The user's version: the number of events ever appended for the user (0 = unknown user)."""
 
     @abc.abstractmethod
     def has_event(self, event_id: str) -> bool: ...
@@ -144,7 +150,7 @@ class UserStore(abc.ABC):
 
     @abc.abstractmethod
     def put_state(self, user_id: int, model_key: str, blob: StateBlob) -> None:
-        """Keep the blob unless a blob with a higher seq is already stored."""
+        """Keep the blob unless a blob with a higher version is already stored."""
 
     @abc.abstractmethod
     def num_users(self) -> int: ...

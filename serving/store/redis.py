@@ -3,7 +3,13 @@ fixed 24-byte records (item, category, timestamp as little-endian int64), so a 1
 history is one GET and one `np.frombuffer`. Appends are one Lua script per request: refuse ids stored
 with another payload, dedupe on event id (SET NX of the payload, expiring after `event_id_ttl_s`:
 the idempotency window), append (a late event is inserted at its timestamp's place and recorded
-in `r:<user>`), bump seq, evict the oldest beyond `max_history` - atomic on the server.
+in `r:<user>`), bump the user's version, evict the oldest beyond `max_history` - atomic on the
+server.
+
+Keys per user (names predate the Python API and are kept so existing stores still open):
+`s:<user>` holds the user's version (store/base.py: events ever appended), `r:<user>` its
+`reordered_at`, `h:<user>` the records, `m:<user>` the newest timestamp; a state blob is the hash
+`st:<user>:<model key>` whose field `seq` is the version the state reflects, `data` its bytes.
 
 Durability of acknowledged events is the server's: run redis-server with `appendonly yes` and
 `appendfsync always` (the tests do) so a reply means the AOF was fsync'ed.
@@ -25,11 +31,11 @@ from serving.store.base import (
     payload_key,
 )
 
-SCHEMA_VERSION = b"2"  # 2: records in timestamp order, `m:` newest timestamp and `r:` reorder seq per user
+SCHEMA_VERSION = b"2"  # 2: records in timestamp order, `m:` newest timestamp and `r:` reordered_at per user
 RECORD = np.dtype([("item", "<i8"), ("cat", "<i8"), ("ts", "<i8")])  # 24 bytes
 
 # a user stored before timestamp order (records in arrival order, no `m:`): its records sorted by
-# timestamp (stable), `m:` set to the newest, `r:` to seq + 1 so every earlier state is rebuilt.
+# timestamp (stable), `m:` set to the newest, `r:` to version + 1 so every earlier state is rebuilt.
 # Returns the newest timestamp (nil for a user without records). Run by the append script for such
 # a user and, for all of them, once when a store is opened (`_migrate`).
 _MIGRATE_FN = """
@@ -81,14 +87,14 @@ for i = 0, n - 1 do
     local k = p .. 'h:' .. uid
     local m = redis.call('GET', p .. 'm:' .. uid)
     if not m then m = migrate(p, uid) end  -- nil: a new user; else one stored before timestamp order
-    local seq = redis.call('INCR', p .. 's:' .. uid)
+    local version = redis.call('INCR', p .. 's:' .. uid)
     if m and ts < tonumber(m) then
       -- a late event: placed by its timestamp, after equal timestamps (ties keep arrival order)
       local h = redis.call('GET', k) or ''
       local pos = #h / 24
       while pos > 0 and struct.unpack('<i8', h, (pos - 1) * 24 + 17) > ts do pos = pos - 1 end
       redis.call('SET', k, string.sub(h, 1, pos * 24) .. rec .. string.sub(h, pos * 24 + 1))
-      redis.call('SET', p .. 'r:' .. uid, seq)
+      redis.call('SET', p .. 'r:' .. uid, version)
     else
       redis.call('APPEND', k, rec)
       redis.call('SET', p .. 'm:' .. uid, arg(i, 3))
@@ -180,30 +186,30 @@ class RedisStore(UserStore):
         return int(self._bulk(args=[self.prefix, user_id, recs[-self.max_history :].tobytes(), total, max_ts])) == 1
 
     def _read(self, user_id: int) -> tuple[int, int, np.ndarray]:
-        """(seq, reorder seq, records in timestamp order) read atomically."""
+        """(version, reordered_at, records in timestamp order) read atomically."""
         pipe = self._r.pipeline(transaction=True)
         pipe.get(f"{self.prefix}s:{user_id}")
         pipe.get(f"{self.prefix}r:{user_id}")
         pipe.get(f"{self.prefix}h:{user_id}")
-        seq, reorder, blob = pipe.execute()
-        return (int(seq) if seq else 0), (int(reorder) if reorder else 0), np.frombuffer(blob or b"", dtype=RECORD)
+        version, reorder, blob = pipe.execute()
+        return (int(version) if version else 0), (int(reorder) if reorder else 0), np.frombuffer(blob or b"", dtype=RECORD)
 
     @staticmethod
-    def _history(recs: np.ndarray, seq: int, reorder: int) -> History:
-        return History(recs["item"].copy(), recs["cat"].copy(), recs["ts"].copy(), seq, reorder)
+    def _history(recs: np.ndarray, version: int, reorder: int) -> History:
+        return History(recs["item"].copy(), recs["cat"].copy(), recs["ts"].copy(), version, reorder)
 
     def history(self, user_id: int, max_len: int | None = None) -> History:
-        seq, reorder, recs = self._read(user_id)
-        return self._history(recs if max_len is None else recs[max(0, recs.size - max_len) :], seq, reorder)
+        version, reorder, recs = self._read(user_id)
+        return self._history(recs if max_len is None else recs[max(0, recs.size - max_len) :], version, reorder)
 
-    def history_since(self, user_id: int, since_seq: int) -> History:
-        """The newest seq - since_seq events: exactly the events after since_seq unless a late
-        event arrived since (`reordered_at` > since_seq; the caller then rebuilds)."""
-        seq, reorder, recs = self._read(user_id)
-        n = max(0, min(recs.size, seq - since_seq))
-        return self._history(recs[recs.size - n :], seq, reorder)
+    def history_since(self, user_id: int, since_version: int) -> History:
+        """The newest version - since_version events: exactly the events after since_version unless
+        a late event arrived since (`reordered_at` > since_version; the caller then rebuilds)."""
+        version, reorder, recs = self._read(user_id)
+        n = max(0, min(recs.size, version - since_version))
+        return self._history(recs[recs.size - n :], version, reorder)
 
-    def seq(self, user_id: int) -> int:
+    def version(self, user_id: int) -> int:
         v = self._r.get(f"{self.prefix}s:{user_id}")
         return int(v) if v else 0
 
@@ -211,11 +217,11 @@ class RedisStore(UserStore):
         return bool(self._r.exists(f"{self.prefix}e:{event_id}"))
 
     def get_state(self, user_id: int, model_key: str) -> StateBlob | None:
-        seq, data = self._r.hmget(f"{self.prefix}st:{user_id}:{model_key}", ["seq", "data"])
-        return StateBlob(int(seq), bytes(data)) if seq is not None and data is not None else None
+        version, data = self._r.hmget(f"{self.prefix}st:{user_id}:{model_key}", ["seq", "data"])  # field `seq`: the version
+        return StateBlob(int(version), bytes(data)) if version is not None and data is not None else None
 
     def put_state(self, user_id: int, model_key: str, blob: StateBlob) -> None:
-        self._put_state(keys=[f"{self.prefix}st:{user_id}:{model_key}"], args=[blob.seq, blob.data])
+        self._put_state(keys=[f"{self.prefix}st:{user_id}:{model_key}"], args=[blob.version, blob.data])
 
     def num_users(self) -> int:
         return int(self._r.scard(f"{self.prefix}users"))

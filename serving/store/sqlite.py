@@ -3,9 +3,15 @@
 kept, with their payload, for `event_id_ttl_s` seconds after their first append (the idempotency
 window), then pruned by the next append.
 
-A user's events are read in timestamp order (ties in arrival order: `seq`), the build's rule; the
-newest `max_history` by that order are kept. `users.reorder_seq` is the seq of the user's last
-late event (one older than an event already stored), which invalidates states computed before it."""
+A user's events are read in timestamp order (ties in arrival order), the build's rule; the
+newest `max_history` by that order are kept.
+
+On disk, the persisted column named `seq` is the version (store/base.py): `users.seq` is the user's
+version (events ever appended), `events.seq` the version at which an event was appended (its
+arrival position) and `states.seq` the version a state blob reflects. `users.reorder_seq` is the
+History's `reordered_at`: the version of the user's last late event (one older than an event
+already stored), which invalidates states computed before it. These column names predate the
+Python names and are kept so existing store files still open."""
 
 from __future__ import annotations
 
@@ -62,7 +68,7 @@ class SQLiteStore(UserStore):
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
         self._db.executescript(SCHEMA)
-        # `seq` (the one store read of a warm /v1/score, possibly on the event loop) uses its own
+        # `version` (the one store read of a warm /v1/score, possibly on the event loop) uses its own
         # connection and lock: in WAL mode it reads the last committed value without waiting for a
         # writer that holds `_lock` through its fsync
         self._rlock = threading.Lock()
@@ -81,7 +87,7 @@ class SQLiteStore(UserStore):
                 now = time.time()
                 if self.event_id_ttl_s is not None:  # ids past the idempotency window (index range scan)
                     db.execute("DELETE FROM event_ids WHERE created < ?", (now - self.event_id_ttl_s,))
-                users: dict[int, list[int | None]] = {}  # user -> [seq, reorder_seq, max_ts, kept]
+                users: dict[int, list[int | None]] = {}  # user -> [version, reordered_at, max_ts, kept]
                 for pos, ev in enumerate(events):
                     key = payload_key(ev)
                     row = db.execute("SELECT payload FROM event_ids WHERE event_id=?", (ev.event_id,)).fetchone()
@@ -116,7 +122,7 @@ class SQLiteStore(UserStore):
         return result
 
     def _user_locked(self, user_id: int) -> list[int | None]:
-        """[seq, reorder_seq, max_ts, kept] of a user (zeros for a new one)."""
+        """[version, reordered_at, max_ts, kept] of a user (zeros for a new one; columns seq, reorder_seq)."""
         row = self._db.execute("SELECT seq, reorder_seq, max_ts, kept FROM users WHERE user_id=?", (user_id,)).fetchone()
         return [0, 0, None, 0] if row is None else list(row)
 
@@ -133,12 +139,12 @@ class SQLiteStore(UserStore):
         order = np.argsort(np.asarray(timestamps, dtype=np.int64), kind="stable")  # the build's order, kept
         items, categories, timestamps = (np.asarray(a, dtype=np.int64)[order][-self.max_history :]
                                          for a in (items, categories, timestamps))
-        first = total - int(items.size) + 1  # seq of the oldest retained event
+        first = total - int(items.size) + 1  # version at which the oldest retained event counts
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                if self._seq_locked(user_id) > 0:
+                if self._version_locked(user_id) > 0:
                     db.execute("ROLLBACK")
                     return False
                 rows = ((user_id, first + k, int(i), int(c), int(t), None, None) for k, (i, c, t) in enumerate(zip(items, categories, timestamps)))
@@ -154,8 +160,9 @@ class SQLiteStore(UserStore):
     def _migrate(self) -> None:
         """Add the columns of stores written by older versions: event_ids.created (= now, so their
         ids keep deduplicating for one full window) and .payload (NULL: not compared); users'
-        reorder_seq, max_ts and kept. reorder_seq = seq + 1: their events were kept in arrival order,
-        so every state computed before (persisted ones included, at seq) is rebuilt, in timestamp order."""
+        reorder_seq (= reordered_at), max_ts and kept. reorder_seq = seq + 1 (the version + 1): their
+        events were kept in arrival order, so every state computed before (persisted ones included,
+        at their version) is rebuilt, in timestamp order."""
         adds = {
             "event_ids": [("created", f"REAL NOT NULL DEFAULT {time.time():.3f}"), ("payload", "TEXT")],
             "users": [("reorder_seq", "INTEGER NOT NULL DEFAULT 0"), ("max_ts", "INTEGER"), ("kept", "INTEGER")],
@@ -173,11 +180,11 @@ class SQLiteStore(UserStore):
                         self._db.execute("UPDATE users SET reorder_seq=seq+1, kept=(SELECT COUNT(*) FROM events e WHERE "
                                          "e.user_id=users.user_id), max_ts=(SELECT MAX(ts) FROM events e WHERE e.user_id=users.user_id)")
 
-    def _seq_locked(self, user_id: int) -> int:
+    def _version_locked(self, user_id: int) -> int:
         row = self._db.execute("SELECT seq FROM users WHERE user_id=?", (user_id,)).fetchone()
         return int(row[0]) if row else 0
 
-    def seq(self, user_id: int) -> int:
+    def version(self, user_id: int) -> int:
         with self._rlock:
             row = self._rdb.execute("SELECT seq FROM users WHERE user_id=?", (user_id,)).fetchone()
         return int(row[0]) if row else 0
@@ -185,21 +192,21 @@ class SQLiteStore(UserStore):
     def history(self, user_id: int, max_len: int | None = None) -> History:
         return self._read(user_id, 0, max_len)
 
-    def history_since(self, user_id: int, since_seq: int) -> History:
-        return self._read(user_id, since_seq, None)
+    def history_since(self, user_id: int, since_version: int) -> History:
+        return self._read(user_id, since_version, None)
 
-    def _read(self, user_id: int, since_seq: int, max_len: int | None) -> History:
-        """Retained events with seq > since_seq (a catch-up tail) or the newest `max_len` (None: all),
-        in timestamp order. Without a late event among them - the common case - arrival order is
-        time order and they are a primary-key range of seqs (read as main's store did); else the
-        time-order index gives them sorted."""
+    def _read(self, user_id: int, since_version: int, max_len: int | None) -> History:
+        """Retained events at versions > since_version (a catch-up tail) or the newest `max_len`
+        (None: all), in timestamp order. Without a late event among them - the common case - arrival
+        order is time order and they are a primary-key range of `events.seq` (read as main's store
+        did); else the time-order index gives them sorted."""
         with self._lock:
             row = self._db.execute("SELECT seq, reorder_seq, kept FROM users WHERE user_id=?", (user_id,)).fetchone()
-            seq, reorder, kept = (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
+            version, reorder, kept = (0, 0, None) if row is None else (int(row[0]), int(row[1]), row[2])
             n = kept if max_len is None else max_len  # the newest n events are wanted
-            pk_from = since_seq if since_seq > 0 else None
-            if pk_from is None and n is not None and (reorder == 0 or reorder <= seq - n):
-                pk_from = seq - int(n)  # no late event among the newest n: they are seqs seq-n+1..seq
+            pk_from = since_version if since_version > 0 else None
+            if pk_from is None and n is not None and (reorder == 0 or reorder <= version - n):
+                pk_from = version - int(n)  # no late event among the newest n: versions version-n+1..version
             if pk_from is not None:
                 rows = self._db.execute("SELECT item_id, category_id, ts FROM events WHERE user_id=? AND seq>? ORDER BY seq",
                                         (user_id, pk_from)).fetchall()
@@ -209,11 +216,11 @@ class SQLiteStore(UserStore):
                     (user_id, -1 if max_len is None else max_len),
                 ).fetchall()[::-1]
         if not rows:
-            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), seq=seq, reordered_at=reorder)
+            return History(*(np.zeros(0, dtype=np.int64) for _ in range(3)), version=version, reordered_at=reorder)
         arr = np.asarray(rows, dtype=np.int64)
-        if since_seq > 0 and reorder > since_seq:  # a late event in the tail: sort it (ties keep seq order)
+        if since_version > 0 and reorder > since_version:  # a late event in the tail: sort it (ties keep arrival order)
             arr = arr[np.argsort(arr[:, 2], kind="stable")]
-        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), seq, reorder)
+        return History(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), version, reorder)
 
     def has_event(self, event_id: str) -> bool:
         with self._lock:
@@ -231,7 +238,7 @@ class SQLiteStore(UserStore):
             self._db.execute(
                 "INSERT INTO states VALUES (?,?,?,?) ON CONFLICT(user_id, model_key) DO UPDATE "
                 "SET seq=excluded.seq, data=excluded.data WHERE excluded.seq > states.seq",
-                (user_id, model_key, blob.seq, blob.data),
+                (user_id, model_key, blob.version, blob.data),
             )
 
     # -- misc ------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ is 1.0 on this build: its same-category behaviours are the planted ones)."""
     rows = rp.planted_retrieval_rows(summary, types.SimpleNamespace(model=build_model(cfg).eval(), config=cfg), k=k)
     got = {r["metric"]: r for r in rows}
 
-    seqs = {r["user_id"]: r["categories"] for r in layout.read_table(build, layout.SEQUENCES).to_pylist()}
+    sequences = {r["user_id"]: r["categories"] for r in layout.read_table(build, layout.SEQUENCES).to_pylist()}
     samples = layout.read_table(build, layout.CTR_SAMPLES).to_pylist()
     truth = pq.read_table(build / "planted_truth.parquet").to_pylist()
     disc = 1.0 / np.log2(np.arange(k) + 2.0)
@@ -171,7 +171,7 @@ is 1.0 on this build: its same-category behaviours are the planted ones)."""
         rel = set(t["relevant_positions"])
         if smp["split"] != "test" or not rel:
             continue
-        cats = seqs[smp["user_id"]][: smp["prefix_length"]]  # histories here are shorter than max_history
+        cats = sequences[smp["user_id"]][: smp["prefix_length"]]  # histories here are shorter than max_history
         same = [i for i in range(len(cats)) if cats[i] == smp["category_id"]][::-1]
         order = (same + [i for i in range(len(cats)) if cats[i] != smp["category_id"]][::-1])[:k]
         gains = np.array([float(i in rel) for i in order] + [0.0] * (k - len(order)))

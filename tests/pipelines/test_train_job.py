@@ -121,10 +121,10 @@ def test_equal_steps_forwards_length_bucketing(build: Path, tmp_path: Path) -> N
     wrapped = _EqualSteps(task, 0, 2, n + 1, None)
     got = list(wrapped.train_batches(1, 16, torch.Generator().manual_seed(3), bucket_by_length=True))
     want = list(task.train_batches(1, 16, torch.Generator().manual_seed(3), bucket_by_length=True))
-    assert len(got) == n + 1 and all(torch.equal(g["seq"], w["seq"]) for g, w in zip(got, want))
-    assert torch.equal(got[-1]["seq"], want[-1]["seq"])  # the shorter shard repeats its last batch
+    assert len(got) == n + 1 and all(torch.equal(g["items"], w["items"]) for g, w in zip(got, want))
+    assert torch.equal(got[-1]["items"], want[-1]["items"])  # the shorter shard repeats its last batch
     plain = list(task.train_batches(1, 16, torch.Generator().manual_seed(3)))
-    assert any(not torch.equal(g["seq"], p["seq"]) for g, p in zip(got, plain))  # bucketing really applied
+    assert any(not torch.equal(g["items"], p["items"]) for g, p in zip(got, plain))  # bucketing really applied
     ctr_task = build_task(_cfg(build, tmp_path, "eq_ctr", SDIM, 64, 1, "ctr"))
     ctr = _EqualSteps(ctr_task, 0, 1, 2, None)
     got = list(ctr.train_batches(1, 8, torch.Generator().manual_seed(3), bucket_by_length=True))
@@ -138,7 +138,7 @@ def _teacher_of_rank(rank: int, world: int, cfg_json: str) -> dict[str, Any]:
 
     task = build_task(parse_experiment(json.loads(cfg_json)), rank=rank, world_size=world)
     g = _global_teacher(task, 20, 2, world)
-    return {"indptr": g.indptr, "indices": g.indices, "counts": g.counts, "users": task.seqs.num_users}
+    return {"indptr": g.indptr, "indices": g.indices, "counts": g.counts, "users": task.sequences.num_users}
 
 
 def test_mqsa_teacher_of_two_workers_equals_the_whole_build(build: Path, tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_mqsa_teacher_of_two_workers_equals_the_whole_build(build: Path, tmp_pat
     cfg = _cfg(build, tmp_path, "teacher", {**SAS, "name": "mqsa_ted", "time_span": 2}, 16, 1, "next_item")
     ranks = run_ranks(_teacher_of_rank, json.dumps(cfg.model_dump(mode="json")))
     full = build_task(cfg)
-    want = TransitionGraph.from_sequences(full.seqs, full.train_ends, max_len=20, time_span=2, num_items=full.num_items)
+    want = TransitionGraph.from_sequences(full.sequences, full.train_ends, max_len=20, time_span=2, num_items=full.num_items)
     assert [r["users"] for r in ranks] == [32, 32]
     for r in ranks:
         assert torch.equal(r["indptr"], want.indptr) and torch.equal(r["indices"], want.indices)

@@ -171,7 +171,7 @@ def test_build_task_shards_ctr_train_samples_by_rank(tmp_path: Path) -> None:
     for split in ("train", "valid", "test"):  # the planted parts are user ranges, read in order
         got = np.concatenate([t.splits[split].user_ids for t in shards])
         assert np.array_equal(got, full.splits[split].user_ids) and len(got) > 3
-    assert [t.seqs.user_ids.tolist() for t in shards] == [list(range(1 + 8 * r, 9 + 8 * r)) for r in range(3)]
+    assert [t.sequences.user_ids.tolist() for t in shards] == [list(range(1 + 8 * r, 9 + 8 * r)) for r in range(3)]
     with pytest.raises(ValueError, match="rank"):
         build_task(cfg, rank=3, world_size=3)
     # selection: a higher-is-better CTR metric only (logloss would keep the worst weights)
@@ -232,11 +232,11 @@ def test_recommend_matches_bruteforce(build: Path, tmp_path: Path) -> None:
     rec = Recommender(run)
     hist = rec.history(503)
     got = rec.recommend(503, k=7)
-    seq = torch.zeros(1, 8, dtype=torch.long)
+    items = torch.zeros(1, 8, dtype=torch.long)
     tail = torch.from_numpy(hist[-8:])
-    seq[0, -tail.numel():] = tail
+    items[0, -tail.numel():] = tail
     with torch.no_grad():
-        s = (run.model.user_embedding(seq) @ run.model.item_embeddings().T)[0]
+        s = (run.model.user_embedding(items) @ run.model.item_embeddings().T)[0]
     s[0] = -torch.inf
     s[torch.from_numpy(hist)] = -torch.inf
     want = run.vocabs["items"].decode(torch.topk(s, 7).indices.numpy())
@@ -268,8 +268,8 @@ def _games_subset(root: Path, out: Path, n_users: int = 400, n_items: int = 300)
     raw = raw[order]
     items = np.unique(raw[:, 1])
     dense = np.searchsorted(items, raw[:, 1]) + 1
-    seqs = np.split(dense, np.cumsum(np.unique(raw[:, 0], return_counts=True)[1])[:-1])
-    return write_build(out, [s.tolist() for s in seqs], num_items=len(items), raw_item_ids=items, raw_user_ids=users)
+    sequences = np.split(dense, np.cumsum(np.unique(raw[:, 0], return_counts=True)[1])[:-1])
+    return write_build(out, [s.tolist() for s in sequences], num_items=len(items), raw_item_ids=items, raw_user_ids=users)
 
 
 @pytest.mark.slow

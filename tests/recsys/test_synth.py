@@ -49,13 +49,13 @@ def test_build_directory_contract(build: Path) -> None:
     vocabs = load_vocabularies(build)
     cfg = SynthConfig(**SMALL, seed=3)
     assert len(vocabs["items"]) == cfg.num_items and len(vocabs["categories"]) == cfg.num_categories
-    seqs = JaggedSequences.read(build)
-    assert seqs.num_users == cfg.num_users and np.all(np.diff(seqs.user_ids) > 0)
-    assert seqs.items.min() >= 1 and seqs.items.max() <= cfg.num_items
+    sequences = JaggedSequences.read(build)
+    assert sequences.num_users == cfg.num_users and np.all(np.diff(sequences.user_ids) > 0)
+    assert sequences.items.min() >= 1 and sequences.items.max() <= cfg.num_items
     world = make_world(cfg)
-    np.testing.assert_array_equal(seqs.categories, world.category_of(seqs.items))
-    for r in range(0, seqs.num_users, 97):  # times increase within a user
-        t = seqs.times[seqs.offsets[r] : seqs.offsets[r + 1]]
+    np.testing.assert_array_equal(sequences.categories, world.category_of(sequences.items))
+    for r in range(0, sequences.num_users, 97):  # times increase within a user
+        t = sequences.times[sequences.offsets[r] : sequences.offsets[r + 1]]
         assert np.all(np.diff(t) > 0)
     samples = layout.read_table(build, layout.CTR_SAMPLES)
     assert samples.column_names == [schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM, schema.CATEGORY,
@@ -63,18 +63,18 @@ def test_build_directory_contract(build: Path) -> None:
     split = samples[schema.SPLIT].to_numpy(zero_copy_only=False)
     assert {s: int((split == s).sum()) for s in ("train", "valid", "test")} == {"train": 4800, "valid": 1200,
                                                                                  "test": 1200}
-    length = seqs.lengths[seqs.row_of_user()[samples[schema.USER].to_numpy()]]
+    length = sequences.lengths[sequences.row_of_user()[samples[schema.USER].to_numpy()]]
     offset = np.select([split == "train", split == "valid"], [2, 1], 0)
     np.testing.assert_array_equal(samples[schema.PREFIX_LENGTH].to_numpy(), length - offset)
     labels = samples[schema.LABEL].to_numpy()
     assert 0.2 < labels.mean() < 0.6
     neg = layout.read_table(build, layout.EVAL_NEGATIVES)
-    for r in range(0, seqs.num_users, 53):
+    for r in range(0, sequences.num_users, 53):
         n = np.asarray(neg[schema.NEGATIVES][r].as_py())
         assert len(n) == schema.NUM_EVAL_NEGATIVES == len(set(n))
-        assert not np.isin(n, seqs.user_items(r)).any()
+        assert not np.isin(n, sequences.user_items(r)).any()
     manifest = json.loads((build / schema.MANIFEST_FILE).read_text())
-    assert manifest["counts"]["events"] == len(seqs.items)
+    assert manifest["counts"]["events"] == len(sequences.items)
     n_parts = manifest["layout"]["num_parts"]
     assert n_parts == layout.num_parts(build) > 1  # one part per chunk of users
     parts = {f"{t}/{layout.part_name(p)}" for t in layout.PER_USER_TABLES for p in range(n_parts)}
@@ -103,17 +103,17 @@ def test_long_tailed_lengths_reach_ten_thousand(tmp_path: Path) -> None:
 def test_relevant_positions_hold_the_planted_interest(build: Path) -> None:
     cfg = SynthConfig(**SMALL, seed=3)
     world = make_world(cfg)
-    seqs = JaggedSequences.read(build)
+    sequences = JaggedSequences.read(build)
     truth = pq.read_table(build / PLANTED_TRUTH_FILE)
     samples = layout.read_table(build, layout.CTR_SAMPLES)
     for col in (schema.SPLIT, schema.USER, schema.PREFIX_LENGTH, schema.ITEM):
         assert truth[col].equals(samples[col])  # row-aligned with ctr_samples
-    lut = seqs.row_of_user()
+    lut = sequences.row_of_user()
     kinds = truth["target_kind"].to_numpy(zero_copy_only=False)
     rel_all = truth[RELEVANT_POSITIONS].to_pylist()
     users, prefixes, targets = (truth[c].to_numpy() for c in (schema.USER, schema.PREFIX_LENGTH, schema.ITEM))
     for i in range(0, len(rel_all), 7):
-        items = seqs.user_items(lut[users[i]])
+        items = sequences.user_items(lut[users[i]])
         p = prefixes[i]
         rel = np.asarray(rel_all[i], dtype=np.int64)
         same = np.flatnonzero(world.cluster_of(items[:p]) == world.cluster_of(targets[i]))
@@ -132,15 +132,15 @@ def test_labels_need_the_deep_history_and_the_recent_drift(build: Path) -> None:
     over the whole prefix beat the same over the recent 50 only, and beat deep-only too."""
     cfg = SynthConfig(**SMALL, seed=3)
     world = make_world(cfg)
-    seqs = JaggedSequences.read(build)
+    sequences = JaggedSequences.read(build)
     truth = pq.read_table(build / PLANTED_TRUTH_FILE)
     labels = layout.read_table(build, layout.CTR_SAMPLES)[schema.LABEL].to_numpy()
-    lut = seqs.row_of_user()
+    lut = sequences.row_of_user()
     users, prefixes, targets = (truth[col].to_numpy() for col in (schema.USER, schema.PREFIX_LENGTH, schema.ITEM))
     rel_all = truth[RELEVANT_POSITIONS].to_pylist()
     scores = {"full": [], "recent": [], "deep": []}
     for i in range(len(rel_all)):
-        items = seqs.user_items(lut[users[i]])
+        items = sequences.user_items(lut[users[i]])
         rel = np.asarray(rel_all[i], dtype=np.int64)
         zt = world.latent[targets[i]]
         for name, mask in (("full", rel >= 0), ("recent", rel >= prefixes[i] - 50), ("deep", rel < prefixes[i] - 50)):

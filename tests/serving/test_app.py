@@ -176,7 +176,7 @@ def test_health_ready_metrics(client: TestClient) -> None:
     assert 'recsys_requests_total{endpoint="/v1/score",method="POST",status="200"} 1.0' in text
     assert 'recsys_requests_total{endpoint="/v1/score",method="POST",status="422"} 1.0' in text
     assert "recsys_request_latency_seconds_bucket" in text and "recsys_batch_size_count 1.0" in text
-    assert 'recsys_store_latency_seconds_count{op="seq"}' in text
+    assert 'recsys_store_latency_seconds_count{op="version"}' in text
     assert client.get("/docs").status_code == 200 and "/v1/score" in client.get("/openapi.json").json()["paths"]
 
 
@@ -202,12 +202,12 @@ def test_warm_score_path_reads_only_the_event_count(client: TestClient) -> None:
     cands = M.RAW_ITEMS[[0, 5, 11]].tolist()
     post_events(client, 7010, hist)
     client.post("/v1/score", json={"user_id": 7010, "candidates": cands})  # warm-up: cache filled
-    before = {op: ops(op) for op in ("seq", "history", "history_since", "get_state")}
+    before = {op: ops(op) for op in ("version", "history", "history_since", "get_state")}
     for _ in range(5):
         r = client.post("/v1/score", json={"user_id": 7010, "candidates": cands})
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
         ScoreResponse.model_validate(r.json())  # the documented schema, although serialised directly
-    assert ops("seq") - before["seq"] == 5
+    assert ops("version") - before["version"] == 5
     assert all(ops(op) == before[op] for op in ("history", "history_since", "get_state"))
     extra = int(M.RAW_ITEMS[40])
     client.app.state.svc.store.append([Event("other-replica-1", 7010, extra, 999)])  # not through this app
@@ -265,7 +265,7 @@ def test_cached_state_matches_fresh_encode_with_unknown_items_past_max_history(t
 
 def test_only_a_current_cached_state_is_handed_to_the_event_loop(tmp_path: Path) -> None:
     """`StateCache.current` (what a request scored on the event loop may use) returns the cached
-    state only while it is at the store's seq; behind the store (events appended after caching)
+    state only while it is at the user's store version; behind the store (events appended after caching)
     it returns None, so the catch-up (history read, may wait for a writer) runs in a worker thread."""
     from serving.metrics import Metrics
     from serving.state import StateCache
@@ -279,9 +279,9 @@ def test_only_a_current_cached_state_is_handed_to_the_event_loop(tmp_path: Path)
         store.append([Event(event_id=f"e{i}", user_id=5, item_id=raw[i], timestamp=i) for i in range(3)])
         assert cache.current(scorer, 5) is None  # nothing cached yet
         us = cache.get(scorer, 5)
-        assert cache.current(scorer, 5) is us and us.seq == 3
+        assert cache.current(scorer, 5) is us and us.version == 3
         store.append([Event(event_id="e3", user_id=5, item_id=raw[3], timestamp=3)])
         assert cache.current(scorer, 5) is None  # behind the store: not for the event loop
-        assert cache.get(scorer, 5).seq == 4 and cache.current(scorer, 5).seq == 4
+        assert cache.get(scorer, 5).version == 4 and cache.current(scorer, 5).version == 4
     finally:
         store.close()

@@ -65,7 +65,7 @@ def test_group_of_requests_is_one_model_call_with_the_same_scores(tmp_path: Path
         alone = run_score_jobs(jobs, batched=False)
         assert calls == [4]
         for (us_g, p_g), (us_a, p_a), c in zip(grouped, alone, cands):
-            assert us_g.seq == us_a.seq and p_g.shape == c.shape
+            assert us_g.version == us_a.version and p_g.shape == c.shape
             np.testing.assert_array_equal(np.isnan(p_g), scorer.encode_items(c) == 0)
             np.testing.assert_allclose(p_g, p_a, rtol=1e-5, atol=1e-7)
     finally:

@@ -92,7 +92,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path, model_di
         for u in (100, 101, 102):
             got = store.history(u).items.tolist()
             assert got == [50_000 + k for k in attempted if 100 + k % 3 == u], f"user {u}: history differs after retry"
-            assert store.seq(u) == len(got)
+            assert store.version(u) == len(got)
         store.close()
     finally:
         proc.send_signal(signal.SIGTERM)

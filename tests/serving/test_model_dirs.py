@@ -41,7 +41,7 @@ def test_bootstrap_is_idempotent(tmp_path: Path, model_dirs: dict[str, Path]) ->
     assert bootstrap_store(store, model_dirs["build"]) == 0
     user, raw_items, _ = first_user(model_dirs["build"])
     h = store.history(user)
-    assert h.items.tolist() == raw_items[-30:] and h.seq == len(raw_items) and (h.categories >= 0).all()
+    assert h.items.tolist() == raw_items[-30:] and h.version == len(raw_items) and (h.categories >= 0).all()
 
 
 def test_serves_run_directories_and_reloads_atomically(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
@@ -112,7 +112,7 @@ def test_state_bytes_are_written_from_cpu_copies_and_round_trip() -> None:
 
     from serving.models import state_from_bytes, state_to_bytes
 
-    state = {"table": torch.randn(4, 8, 3)[:, ::2], "seqs": torch.arange(5)}  # a non-contiguous view too
+    state = {"table": torch.randn(4, 8, 3)[:, ::2], "versions": torch.arange(5)}  # a non-contiguous view too
     back = state_from_bytes(state_to_bytes(state))
     assert set(back) == set(state)
     for k in state:

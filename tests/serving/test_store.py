@@ -35,21 +35,21 @@ def test_append_and_read_in_order(store: UserStore) -> None:
     assert res.stored == ["a", "b", "c"] and res.duplicates == []
     h = store.history(1)
     assert h.items.tolist() == [10, 11] and h.categories.tolist() == [7, -1] and h.timestamps.tolist() == [100, 101]
-    assert h.seq == 2 and store.seq(2) == 1 and store.num_users() == 2
+    assert h.version == 2 and store.version(2) == 1 and store.num_users() == 2
 
 
 def test_idempotent_on_event_id(store: UserStore) -> None:
     store.append([ev("a", 1, 10)])
     res = store.append([ev("a", 1, 10), ev("b", 1, 11), ev("b", 1, 11)])
     assert res.stored == ["b"] and res.duplicates == ["a", "b"]
-    assert store.history(1).items.tolist() == [10, 11] and store.seq(1) == 2
+    assert store.history(1).items.tolist() == [10, 11] and store.version(1) == 2
     assert store.has_event("a") and not store.has_event("zz")
 
 
 def test_history_capped_and_since(store: UserStore) -> None:
     store.append([ev(f"e{i}", 3, 100 + i) for i in range(8)])
     h = store.history(3)
-    assert h.items.tolist() == [103, 104, 105, 106, 107] and h.seq == 8  # oldest evicted, max_history=5
+    assert h.items.tolist() == [103, 104, 105, 106, 107] and h.version == 8  # oldest evicted, max_history=5
     assert store.history(3, max_len=2).items.tolist() == [106, 107]
     assert store.history_since(3, 6).items.tolist() == [106, 107]
     assert store.history_since(3, 8).items.tolist() == []
@@ -58,17 +58,17 @@ def test_history_capped_and_since(store: UserStore) -> None:
 
 def test_unknown_user_is_empty(store: UserStore) -> None:
     h = store.history(999)
-    assert len(h) == 0 and h.seq == 0 and store.seq(999) == 0
+    assert len(h) == 0 and h.version == 0 and store.version(999) == 0
 
 
 def test_bulk_load_only_into_empty_user(store: UserStore) -> None:
     items = np.arange(1, 8)
     assert store.bulk_load(4, items, np.full(7, 2), np.arange(7) * 10)
     h = store.history(4)
-    assert h.items.tolist() == [3, 4, 5, 6, 7] and h.seq == 7 and h.categories.tolist() == [2] * 5
+    assert h.items.tolist() == [3, 4, 5, 6, 7] and h.version == 7 and h.categories.tolist() == [2] * 5
     assert not store.bulk_load(4, np.array([1]), np.array([1]), np.array([1]))
     store.append([ev("x", 4, 50, 70)])  # newer than the bootstrap history (timestamps 0..60)
-    assert store.history(4).items.tolist() == [4, 5, 6, 7, 50] and store.seq(4) == 8
+    assert store.history(4).items.tolist() == [4, 5, 6, 7, 50] and store.version(4) == 8
 
 
 def test_state_blobs_keep_newest(store: UserStore) -> None:
@@ -91,11 +91,11 @@ def test_concurrent_appends_lose_nothing(store: UserStore) -> None:
         th.start()
     for th in threads:
         th.join()
-    assert store.seq(7) == 80 and len(store.history(7)) == 5
+    assert store.version(7) == 80 and len(store.history(7)) == 5
 
 
-def test_sqlite_seq_does_not_wait_for_a_writer(tmp_path: Path) -> None:
-    """A warm /v1/score may read `seq` on the event loop: it must not queue behind an append that
+def test_sqlite_version_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """A warm /v1/score may read `version` on the event loop: it must not queue behind an append that
     holds the write lock through its fsync (it reads the last committed value instead)."""
     import time
 
@@ -113,13 +113,13 @@ def test_sqlite_seq_does_not_wait_for_a_writer(tmp_path: Path) -> None:
         t.start()
         held.wait(5)
         t0 = time.perf_counter()
-        assert s.seq(1) == 2 and s.seq(99) == 0
+        assert s.version(1) == 2 and s.version(99) == 0
         waited = time.perf_counter() - t0
         release.set()
         t.join()
-        assert waited < 1.0, f"seq waited {waited:.2f} s for the writer"
+        assert waited < 1.0, f"version waited {waited:.2f} s for the writer"
         s.append([ev("c", 1, 12)])
-        assert s.seq(1) == 3  # and sees the next commit
+        assert s.version(1) == 3  # and sees the next commit
     finally:
         s.close()
 
@@ -169,12 +169,12 @@ def test_events_are_kept_in_timestamp_order_and_late_events_are_marked(store: Us
     store.append([ev("a", 9, 10, 100), ev("b", 9, 11, 300), ev("c", 9, 12, 200)])  # c is late (200 < 300)
     h = store.history(9)
     assert h.items.tolist() == [10, 12, 11] and h.timestamps.tolist() == [100, 200, 300]
-    assert h.seq == 3 and h.reordered_at == 3
+    assert h.version == 3 and h.reordered_at == 3
     store.append([ev("d", 9, 13, 300)])  # a tie: after the event already stored at 300; not late
     assert store.history(9).items.tolist() == [10, 12, 11, 13] and store.history(9).reordered_at == 3
     store.append([ev("e", 9, 14, 50), ev("f", 9, 15, 400)])  # e is the oldest: the window (5) drops it
     h = store.history(9)
-    assert h.items.tolist() == [10, 12, 11, 13, 15] and h.seq == 6 and h.reordered_at == 5
+    assert h.items.tolist() == [10, 12, 11, 13, 15] and h.version == 6 and h.reordered_at == 5
     store.append([ev("g", 9, 16, 150)])  # lands second; the oldest (10 at t=100) leaves the window
     h = store.history(9)
     assert h.items.tolist() == [16, 12, 11, 13, 15] and h.timestamps.tolist() == [150, 200, 300, 300, 400]
@@ -190,11 +190,11 @@ def test_event_id_reused_with_another_payload_is_a_conflict(store: UserStore) ->
         with pytest.raises(EventIdConflict, match="event_id already stored with a different payload: a") as info:
             store.append([ev("n", 1, 20, 7), other])
         assert info.value.event_ids == ["a"] and info.value.positions == [1]
-    assert not store.has_event("n") and store.history(1).items.tolist() == [10] and store.seq(1) == 1  # nothing stored
+    assert not store.has_event("n") and store.history(1).items.tolist() == [10] and store.version(1) == 1  # nothing stored
     with pytest.raises(EventIdConflict) as info:  # the same id twice in one request with different payloads
         store.append([ev("z", 1, 30, 8), ev("y", 1, 32, 8), ev("z", 1, 31, 8)])
     assert info.value.event_ids == ["z"] and info.value.positions == [2]  # the later one is the conflict
-    assert not store.has_event("z") and store.seq(1) == 1
+    assert not store.has_event("z") and store.version(1) == 1
 
 
 def test_reads_match_the_builds_order_through_late_events(store: UserStore) -> None:
@@ -204,30 +204,31 @@ def test_reads_match_the_builds_order_through_late_events(store: UserStore) -> N
     event among the newest max_len) and the read in time order (a late one among them)."""
     rng = np.random.default_rng(7)
     for user in range(1, 5):
-        kept: list[tuple[int, int, int]] = []  # (timestamp, seq, item)
-        seq, newest_ts, reordered_at = 0, 0, 0
+        kept: list[tuple[int, int, int]] = []  # (timestamp, version, item)
+        version, newest_ts, reordered_at = 0, 0, 0
         for batch in range(25):
             events = []
             for _ in range(int(rng.integers(1, 4))):
                 late = rng.random() < 0.15
                 ts = int(newest_ts - rng.integers(0, 40)) if late else int(newest_ts + rng.integers(0, 3))
-                seq += 1
-                if seq > 1 and ts < newest_ts:
-                    reordered_at = seq
+                version += 1
+                if version > 1 and ts < newest_ts:
+                    reordered_at = version
                 newest_ts = max(newest_ts, ts)
-                item = 1000 * user + seq
-                events.append(ev(f"u{user}-{seq}", user, item, ts))
-                kept.append((ts, seq, item))
+                item = 1000 * user + version
+                events.append(ev(f"u{user}-{version}", user, item, ts))
+                kept.append((ts, version, item))
             store.append(events)
             kept = sorted(kept)[-5:]
             for max_len in (None, 1, 2, 4, 5, 8):
                 h = store.history(user, max_len)
                 want = kept if max_len is None else kept[-max_len:]
                 assert h.items.tolist() == [i for _, _, i in want], (user, batch, max_len)
-                assert h.timestamps.tolist() == [t for t, _, _ in want] and (h.seq, h.reordered_at) == (seq, reordered_at)
-            for since in range(max(0, seq - 6), seq + 1):
+                assert h.timestamps.tolist() == [t for t, _, _ in want]
+                assert (h.version, h.reordered_at) == (version, reordered_at)
+            for since in range(max(0, version - 6), version + 1):
                 t = store.history_since(user, since)
-                assert t.timestamps.tolist() == sorted(t.timestamps.tolist()) and t.seq == seq  # always in time order
+                assert t.timestamps.tolist() == sorted(t.timestamps.tolist()) and t.version == version  # always in time order
                 if reordered_at <= since:  # the catch-up contract: exactly the events after `since`
                     assert t.items.tolist() == [i for _, s, i in kept if s > since], (user, batch, since)
 
@@ -243,7 +244,7 @@ def legacy_user(scorer: Any) -> tuple[np.ndarray, Any, bytes]:
     from tests.serving import models as M
 
     items = M.RAW_ITEMS[[4, 9, 2, 30]]
-    arrival = History(items, np.full(4, -1), LEGACY_TIMES, seq=4)
+    arrival = History(items, np.full(4, -1), LEGACY_TIMES, version=4)
     return items, arrival, state_to_bytes(scorer.encode(arrival))
 
 
@@ -272,8 +273,8 @@ def check_upgraded(s: UserStore, scorer: Any, arrival: Any, read_before_append: 
 
 
 def test_sqlite_store_from_before_timestamp_order_rebuilds_its_states(tmp_path: Path) -> None:
-    """A store written by main 75a3438 (events in arrival order, no reorder_seq), with a state blob
-    persisted at the user's seq."""
+    """A store written by main 75a3438 (events in arrival order, no reorder_seq column), with a
+    state blob persisted at the user's version (the on-disk column `seq`)."""
     import sqlite3
 
     from tests.serving import models as M
@@ -336,3 +337,33 @@ def test_redis_store_from_before_timestamp_order_rebuilds_its_states(written: st
     finally:
         s.close()
         r.close()
+
+
+def test_state_blob_under_the_old_versions_key_is_re_encoded(store: UserStore) -> None:
+    """A state persisted before VERSIONS_KEY was named (its event versions under the old key
+    "serving.event_seqs" only) is not served nor advanced: the cache re-encodes the history."""
+    from serving.metrics import Metrics
+    from serving.models import VERSIONS_KEY, state_from_bytes, state_to_bytes
+    from serving.state import StateCache
+    from tests.serving import models as M
+
+    scorer = M.ctr_scorer("dare", init_std=0.3)
+    raw = M.RAW_ITEMS.tolist()
+    store.append([ev(f"o{i}", 1, raw[i], i) for i in range(4)])
+    old = scorer.encode(store.history(1))
+    old["serving.event_seqs"] = old.pop(VERSIONS_KEY)
+    store.put_state(1, scorer.key, StateBlob(4, state_to_bytes(old)))
+    metrics = Metrics()
+    got = StateCache(store, metrics).get(scorer, 1, persist=True)
+
+    def lookups(outcome: str) -> float | None:
+        return metrics.registry.get_sample_value("recsys_state_cache_total", {"outcome": outcome})
+
+    assert lookups("encode") == 1 and lookups("store") is None  # not served from the store
+    assert VERSIONS_KEY in got.state and "serving.event_seqs" not in got.state and got.version == 4
+    dense = scorer.encode_items(M.RAW_ITEMS[:8])
+    np.testing.assert_allclose(scorer.score(got.state, dense), scorer.score(scorer.encode(store.history(1)), dense),
+                               rtol=1e-5, atol=1e-6)
+    store.append([ev("o4", 1, raw[4], 4)])  # and it advances from there, persisted in the new format
+    got = StateCache(store, Metrics()).get(scorer, 1, persist=True)
+    assert got.version == 5 and VERSIONS_KEY in state_from_bytes(store.get_state(1, scorer.key).data)

@@ -85,8 +85,8 @@ def test_empty_parts_exist(shared_data: Path, tmp_path: Path) -> None:
     src.write_text("1,10,5,pv,100\n1,11,5,buy,101\n1,12,6,pv,102\n2,10,5,pv,100\n" + other)
     m = build_polars(_cfg(str(src), num_buckets=8, num_eval_negatives=2), tmp_path / "b")
     assert layout.num_parts(tmp_path / "b") == 8 and m["counts"]["sequences"] == 3
-    seqs = layout.read_table(tmp_path / "b", layout.SEQUENCES)
-    assert seqs[schema.USER].to_pylist() == [1, 2, 3] and seqs[schema.SEQ_ITEMS].to_pylist()[:2] == [[1, 2, 3], [1]]
+    sequences = layout.read_table(tmp_path / "b", layout.SEQUENCES)
+    assert sequences[schema.USER].to_pylist() == [1, 2, 3] and sequences[schema.SEQ_ITEMS].to_pylist()[:2] == [[1, 2, 3], [1]]
     sizes = [pl.read_parquet(f).height for f in layout.table_files(tmp_path / "b", layout.SEQUENCES)]
     raw_part = layout.part_of(np.array([1, 2, 3]), 8)
     assert sum(sizes) == 3 and sizes.count(0) == 8 - len(set(raw_part.tolist()))

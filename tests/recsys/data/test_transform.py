@@ -35,13 +35,13 @@ def taobao_build(shared_data: Path, tmp_path_factory) -> Path:
 def test_sequences_are_time_ordered_and_complete(taobao_build: Path, shared_data: Path) -> None:
     raw = pl.read_csv(shared_data / TAOBAO, has_header=False, new_columns=["u", "i", "c", "b", "t"])
     vocabs = load_vocabularies(taobao_build)
-    seqs = pl.from_arrow(layout.read_table(taobao_build, layout.SEQUENCES))
-    assert seqs[schema.USER].to_list() == list(range(1, 816))
-    assert int(seqs[schema.SEQ_ITEMS].list.len().sum()) == raw.height
+    sequences = pl.from_arrow(layout.read_table(taobao_build, layout.SEQUENCES))
+    assert sequences[schema.USER].to_list() == list(range(1, 816))
+    assert int(sequences[schema.SEQ_ITEMS].list.len().sum()) == raw.height
     # per user: items sorted by time, ties in input order (stable sort of the raw file)
     expect = raw.with_row_index("n").sort(["u", "t", "n"]).group_by("u", maintain_order=True).agg("i", "c", "t", "b")
     for k in (0, 100, 814):
-        row = seqs.row(k, named=True)
+        row = sequences.row(k, named=True)
         exp = expect.row(k, named=True)
         assert vocabs["users"].decode(np.array([row[schema.USER]]))[0] == exp["u"]
         assert vocabs["items"].decode(np.array(row[schema.SEQ_ITEMS])).tolist() == exp["i"]
@@ -55,23 +55,23 @@ def test_ties_keep_input_order(tmp_path: Path) -> None:
                                                     columns={"user_id": "u", "item_id": "i", "timestamp": "t"}),
                       num_eval_negatives=1, ctr=CtrConfig(mode="none"))
     build_polars(cfg, tmp_path / "b")
-    seqs = JaggedSequences.read(tmp_path / "b")
+    sequences = JaggedSequences.read(tmp_path / "b")
     # items 10,20,30,40,50 -> dense 1..5; user 5: t=1 ties in input order (10,20,40), then 30 (t=2)
-    assert seqs.user_items(0).tolist() == [1, 2, 4, 3] and seqs.user_items(1).tolist() == [1, 2, 3]
+    assert sequences.user_items(0).tolist() == [1, 2, 4, 3] and sequences.user_items(1).tolist() == [1, 2, 3]
 
 
 def test_leave_one_out_and_ctr_positions(taobao_build: Path) -> None:
-    seqs = JaggedSequences.read(taobao_build)
+    sequences = JaggedSequences.read(taobao_build)
     ctr = pl.from_arrow(layout.read_table(taobao_build, layout.CTR_SAMPLES))
     pos = ctr.filter(pl.col(schema.LABEL) == 1)
-    lengths = dict(zip(seqs.user_ids.tolist(), seqs.lengths.tolist()))
-    rows = dict(zip(seqs.user_ids.tolist(), range(seqs.num_users)))
+    lengths = dict(zip(sequences.user_ids.tolist(), sequences.lengths.tolist()))
+    rows = dict(zip(sequences.user_ids.tolist(), range(sequences.num_users)))
     for split, back in (("test", 1), ("valid", 2)):
         s = pos.filter(pl.col(schema.SPLIT) == split)
         assert s.height == sum(1 for t in lengths.values() if t - back >= 1)
         for u, p, item in s.select(schema.USER, schema.PREFIX_LENGTH, schema.ITEM).iter_rows():
             assert p == lengths[u] - back  # test: index T-1 (last item), valid: index T-2
-            assert seqs.user_items(rows[u])[p] == item
+            assert sequences.user_items(rows[u])[p] == item
     train = pos.filter(pl.col(schema.SPLIT) == "train")
     for u, grp in train.group_by(schema.USER):
         t = lengths[u[0]]
@@ -89,10 +89,10 @@ def test_target_positions_small() -> None:
 
 
 def test_negatives_never_in_history(taobao_build: Path) -> None:
-    seqs = JaggedSequences.read(taobao_build)
-    hist = {int(u): set(seqs.user_items(r).tolist()) for r, u in enumerate(seqs.user_ids)}
+    sequences = JaggedSequences.read(taobao_build)
+    hist = {int(u): set(sequences.user_items(r).tolist()) for r, u in enumerate(sequences.user_ids)}
     ev = pl.from_arrow(layout.read_table(taobao_build, layout.EVAL_NEGATIVES))
-    assert ev.height == seqs.num_users
+    assert ev.height == sequences.num_users
     for u, negs in ev.iter_rows():
         assert len(negs) == schema.NUM_EVAL_NEGATIVES == len(set(negs))
         assert not (set(negs) & hist[u]) and min(negs) >= 1
@@ -102,9 +102,9 @@ def test_negatives_never_in_history(taobao_build: Path) -> None:
 
 
 def test_ctr_negatives_follow_popularity(taobao_build: Path) -> None:
-    seqs = JaggedSequences.read(taobao_build)
+    sequences = JaggedSequences.read(taobao_build)
     ctr = pl.from_arrow(layout.read_table(taobao_build, layout.CTR_SAMPLES)).filter(pl.col(schema.LABEL) == 0)
-    pop = np.bincount(seqs.items)
+    pop = np.bincount(sequences.items)
     drawn = pop[ctr[schema.ITEM].to_numpy()]
     p = pop[1:].astype(np.float64)
     expected = (p**2).sum() / p.sum()  # mean popularity of a popularity-weighted draw (2.74 here)

@@ -20,14 +20,14 @@ def _model(**kw: object) -> MQSATED:
     return build_model(cfg, num_items=N_ITEMS)
 
 
-def _seq() -> torch.Tensor:
+def _items() -> torch.Tensor:
     return torch.tensor([[0, 0, 0, 5, 7, 9, 2, 4], [0] * 8, [1, 2, 3, 4, 5, 6, 7, 8]])
 
 
 def _graph() -> TransitionGraph:
     items = np.array([1, 2, 3, 4, 5, 7, 9, 2, 4, 6, 7, 8])
-    seqs = JaggedSequences(user_ids=np.arange(2), offsets=np.array([0, 5, 12]), items=items)
-    return TransitionGraph.from_sequences(seqs, np.array([5, 7]), max_len=50, num_items=N_ITEMS)
+    sequences = JaggedSequences(user_ids=np.arange(2), offsets=np.array([0, 5, 12]), items=items)
+    return TransitionGraph.from_sequences(sequences, np.array([5, 7]), max_len=50, num_items=N_ITEMS)
 
 
 def test_defaults_are_the_paper() -> None:
@@ -38,24 +38,24 @@ def test_defaults_are_the_paper() -> None:
 
 def test_alpha_mixing_shapes_and_no_nan() -> None:
     m = _model(alpha=0.3).eval()
-    seq = _seq()
-    hs, hl = m.branches(seq)
-    h = m(seq)
+    items = _items()
+    hs, hl = m.branches(items)
+    h = m(items)
     assert h.shape == (3, 8, 8) and torch.isfinite(h).all()
     assert torch.allclose(h, 0.3 * hs + 0.7 * hl)
     assert not torch.allclose(hs, hl)  # separate parameters
-    assert (h[seq == 0] == 0).all()
-    assert torch.equal(m.user_embedding(seq), h[:, -1])
+    assert (h[items == 0] == 0).all()
+    assert torch.equal(m.user_embedding(items), h[:, -1])
     m.cfg.alpha = 1.0
-    assert torch.allclose(m(seq), hs)
+    assert torch.allclose(m(items), hs)
 
 
 def test_causality_and_padding_invariance() -> None:
     m = _model().eval()
-    seq = _seq()
-    seq2 = seq.clone()
-    seq2[2, 5] = 11
-    h, h2 = m(seq), m(seq2)
+    items = _items()
+    items2 = items.clone()
+    items2[2, 5] = 11
+    h, h2 = m(items), m(items2)
     assert torch.allclose(h[:, :5], h2[:, :5], atol=1e-6)
     assert not torch.allclose(h[2, 5:], h2[2, 5:])
     short = torch.tensor([[0, 3, 4, 5], [6, 7, 8, 9]])
@@ -66,16 +66,16 @@ def test_causality_and_padding_invariance() -> None:
 def test_training_loss_is_rec_plus_kd_plus_l2() -> None:
     m = _model().eval()  # eval: dropout off, so the parts can be recomputed exactly
     with pytest.raises(RuntimeError, match="attach_teacher"):
-        m.training_loss({"seq": _seq(), "pos": _seq()}, LossConfig(kind="ce"))
+        m.training_loss({"items": _items(), "pos": _items()}, LossConfig(kind="ce"))
     m.attach_teacher(_graph())
-    seq = _seq()
-    pos = torch.where(seq != 0, (seq % N_ITEMS) + 1, 0)
-    loss, logs = m.training_loss({"seq": seq, "pos": pos}, LossConfig(kind="ce"))
+    items = _items()
+    pos = torch.where(items != 0, (items % N_ITEMS) + 1, 0)
+    loss, logs = m.training_loss({"items": items, "pos": pos}, LossConfig(kind="ce"))
     # KD by the dense definition: teacher rows × log-softmax of the student over items 1..N
-    items = seq[seq != 0]
+    occurrences = items[items != 0]
     table = m.item_embeddings()[1:].detach()
-    p = m.teacher.teacher_probs(items, 0.1).float()
-    q = torch.log_softmax((8 ** 0.5) * table[items - 1] @ table.T / 0.1, dim=1)
+    p = m.teacher.teacher_probs(occurrences, 0.1).float()
+    q = torch.log_softmax((8 ** 0.5) * table[occurrences - 1] @ table.T / 0.1, dim=1)
     kd = float(-(p * q).sum(1).mean())
     l2 = 0.5 * 1e-4 * sum(float(t.detach().pow(2).sum()) for t in m.parameters())
     assert logs["kd_loss"] == pytest.approx(kd, rel=1e-4)
@@ -88,10 +88,10 @@ def test_epoch_mean_reduction_scales_rec_and_kd_not_l2() -> None:
     loss_scale under reduction epoch_mean; the L2 term does not."""
     m = _model().eval()
     m.attach_teacher(_graph())
-    seq = _seq()
-    pos = torch.where(seq != 0, (seq % N_ITEMS) + 1, 0)
-    _, plain = m.training_loss({"seq": seq, "pos": pos}, LossConfig(kind="ce"))
-    loss, scaled = m.training_loss({"seq": seq, "pos": pos, "loss_scale": torch.tensor(0.25)},
+    items = _items()
+    pos = torch.where(items != 0, (items % N_ITEMS) + 1, 0)
+    _, plain = m.training_loss({"items": items, "pos": pos}, LossConfig(kind="ce"))
+    loss, scaled = m.training_loss({"items": items, "pos": pos, "loss_scale": torch.tensor(0.25)},
                                    LossConfig(kind="ce", reduction="epoch_mean"))
     assert scaled["rec_loss"] == pytest.approx(0.25 * plain["rec_loss"], rel=1e-5)
     assert scaled["kd_loss"] == pytest.approx(0.25 * plain["kd_loss"], rel=1e-5)
@@ -102,9 +102,9 @@ def test_epoch_mean_reduction_scales_rec_and_kd_not_l2() -> None:
 def test_gradients_flow_with_bce_and_kd() -> None:
     m = _model(dropout=0.2).train()
     m.attach_teacher(_graph())
-    seq = _seq()
-    pos = torch.where(seq != 0, (seq % N_ITEMS) + 1, 0)
-    batch = {"seq": seq, "pos": pos, "neg": torch.randint(1, N_ITEMS + 1, (3, 8, 2))}
+    items = _items()
+    pos = torch.where(items != 0, (items % N_ITEMS) + 1, 0)
+    batch = {"items": items, "pos": pos, "neg": torch.randint(1, N_ITEMS + 1, (3, 8, 2))}
     loss, _ = m.training_loss(batch, LossConfig(kind="bce"))
     loss.backward()
     for name, p in m.named_parameters():
@@ -112,19 +112,19 @@ def test_gradients_flow_with_bce_and_kd() -> None:
         assert p.grad.abs().sum() > 0, name
     # KD alone reaches every real item row (the student's softmax runs over all items)
     m.zero_grad()
-    m.kd_loss(seq).backward()
+    m.kd_loss(items).backward()
     assert (m.item_embeddings().grad[1:].abs().sum(1) > 0).all()
     assert (m.item_embeddings().grad[0] == 0).all()
 
 
 def test_teacher_size_mismatch_rejected() -> None:
-    seqs = JaggedSequences(user_ids=np.arange(1), offsets=np.array([0, 2]), items=np.array([1, 2]))
+    sequences = JaggedSequences(user_ids=np.arange(1), offsets=np.array([0, 2]), items=np.array([1, 2]))
     with pytest.raises(ValueError, match="items"):
-        _model().attach_teacher(TransitionGraph.from_sequences(seqs, np.array([2]), 50, num_items=5))
+        _model().attach_teacher(TransitionGraph.from_sequences(sequences, np.array([2]), 50, num_items=5))
 
 
 def test_trim_padding_is_exact() -> None:
     a, b = _model(trim_padding=True).eval(), _model(trim_padding=False).eval()
     b.load_state_dict(a.state_dict())
-    seq = torch.tensor([[0, 0, 0, 0, 0, 7, 9, 2], [0, 0, 0, 0, 3, 4, 5, 6]])
-    assert torch.allclose(a(seq), b(seq), atol=1e-6)
+    items = torch.tensor([[0, 0, 0, 0, 0, 7, 9, 2], [0, 0, 0, 0, 3, 4, 5, 6]])
+    assert torch.allclose(a(items), b(items), atol=1e-6)

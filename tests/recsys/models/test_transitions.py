@@ -12,7 +12,7 @@ from recsys.data.sequences import JaggedSequences
 from recsys.models.transitions import TransitionGraph, teacher_weights, ted_kd_loss
 
 
-def _seqs() -> JaggedSequences:
+def _sequences() -> JaggedSequences:
     # row 0: [1,2,3,2 | 5]  (train part = first 4; max_len 3 keeps [2,3,2])
     # row 1: [2,3,4]        (train part = all)
     # row 2: [4,1 | 3]      (train part = first 2)
@@ -32,7 +32,7 @@ def _dense(g: TransitionGraph) -> np.ndarray:
 
 
 def test_counts_training_part_truncated_to_max_len() -> None:
-    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, num_items=5)
+    g = TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, num_items=5)
     expected = np.zeros((6, 6))
     expected[2, 3] = 2  # 2->3 in rows 0 and 1
     expected[3, 2] = 1
@@ -43,13 +43,13 @@ def test_counts_training_part_truncated_to_max_len() -> None:
 
 
 def test_time_span_two() -> None:
-    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, time_span=2, num_items=5)
+    g = TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, time_span=2, num_items=5)
     a = _dense(g)
     assert a[2, 2] == 1 and a[2, 4] == 1 and a[2, 3] == 2 and a.sum() == 7
 
 
 def test_teacher_rows_hand_computed() -> None:
-    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, num_items=5)
+    g = TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, num_items=5)
     p = g.teacher_probs(torch.tensor([2, 3, 1, 5]), tau=0.5).numpy()
     e2 = math.exp(2.0)  # (count / row max) / τ = 1 / 0.5 for every max entry
     assert np.allclose(p[0], np.array([1, 1, e2, 1, 1]) / (e2 + 4))
@@ -60,16 +60,16 @@ def test_teacher_rows_hand_computed() -> None:
 
 def test_bad_inputs_named() -> None:
     with pytest.raises(ValueError, match="num_items"):
-        TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, num_items=3)
+        TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, num_items=3)
     with pytest.raises(ValueError, match="train_ends"):
-        TransitionGraph.from_sequences(_seqs(), np.array([4, 3, 9]), max_len=3, num_items=5)
+        TransitionGraph.from_sequences(_sequences(), np.array([4, 3, 9]), max_len=3, num_items=5)
     with pytest.raises(ValueError, match="train_ends"):
-        TransitionGraph.from_sequences(_seqs(), np.array([4, 3]), max_len=3, num_items=5)
+        TransitionGraph.from_sequences(_sequences(), np.array([4, 3]), max_len=3, num_items=5)
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5, 0.01])
 def test_sparse_kd_equals_dense_cross_entropy(tau: float) -> None:
-    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, time_span=2, num_items=5)
+    g = TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, time_span=2, num_items=5)
     items = torch.tensor([2, 3, 2, 1, 4, 5])  # duplicates kept, items without successors included
     table = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     student = 2.0 * table[items - 1]
@@ -83,7 +83,7 @@ def test_sparse_kd_equals_dense_cross_entropy(tau: float) -> None:
 
 
 def test_kd_rejects_mismatched_table() -> None:
-    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, num_items=5)
+    g = TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, num_items=5)
     with pytest.raises(ValueError, match="items"):
         ted_kd_loss(g, torch.tensor([1]), torch.randn(1, 4), torch.randn(6, 4), 0.1)
 
@@ -96,10 +96,10 @@ def test_real_data_pair_count(shared_data) -> None:  # noqa: ANN001
     users, starts = np.unique(arr[:, 0], return_index=True)
     order = np.argsort(starts)
     offsets = np.append(np.sort(starts), len(arr))
-    seqs = JaggedSequences(user_ids=users[order], offsets=offsets, items=arr[:, 1])
-    ends = np.maximum(seqs.lengths - 2, 0)
+    sequences = JaggedSequences(user_ids=users[order], offsets=offsets, items=arr[:, 1])
+    ends = np.maximum(sequences.lengths - 2, 0)
     n_items = int(arr[:, 1].max())
-    g = TransitionGraph.from_sequences(seqs, ends, max_len=50, num_items=n_items)
+    g = TransitionGraph.from_sequences(sequences, ends, max_len=50, num_items=n_items)
     assert float(g.counts.sum()) == float(np.maximum(np.minimum(ends, 50) - 1, 0).sum())
     assert int(g.indptr[-1]) == g.nnz and bool((g.indptr[1:] >= g.indptr[:-1]).all())
 
@@ -129,17 +129,17 @@ def _random_graph(n_items: int, n_users: int, seed: int) -> tuple[TransitionGrap
     rng = np.random.default_rng(seed)
     lengths = rng.integers(2, 30, n_users)
     items = (rng.zipf(1.3, lengths.sum()) % n_items) + 1  # skewed: popular items have many successors
-    seqs = JaggedSequences(user_ids=np.arange(n_users), offsets=np.concatenate([[0], np.cumsum(lengths)]), items=items)
-    return TransitionGraph.from_sequences(seqs, lengths - 1, max_len=20, num_items=n_items), seqs
+    sequences = JaggedSequences(user_ids=np.arange(n_users), offsets=np.concatenate([[0], np.cumsum(lengths)]), items=items)
+    return TransitionGraph.from_sequences(sequences, lengths - 1, max_len=20, num_items=n_items), sequences
 
 
 @pytest.mark.parametrize("tau", [0.1, 1.0])
 def test_fast_kd_matches_previous_implementation_fp32(tau: float) -> None:
     """float32, a few hundred items with skewed degrees and many duplicates: same loss and gradients
     (table and student) as the implementation before the speed-up, to fp32 tolerance."""
-    g, seqs = _random_graph(300, 200, seed=1)
+    g, sequences = _random_graph(300, 200, seed=1)
     torch.manual_seed(0)
-    items = torch.from_numpy(seqs.items[:600])  # duplicates kept, includes rows without successors
+    items = torch.from_numpy(sequences.items[:600])  # duplicates kept, includes rows without successors
     assert (g.indptr[items + 1] == g.indptr[items]).any() and items.unique().numel() < items.numel()
     table = (0.1 * torch.randn(300, 16)).requires_grad_()
     student = 4.0 * torch.nn.functional.dropout(table[items - 1], 0.5)
@@ -166,6 +166,6 @@ def test_fast_kd_matches_previous_implementation_fp32(tau: float) -> None:
 
 
 def test_weights_for_another_tau_rejected() -> None:
-    g = TransitionGraph.from_sequences(_seqs(), TRAIN_ENDS, max_len=3, num_items=5)
+    g = TransitionGraph.from_sequences(_sequences(), TRAIN_ENDS, max_len=3, num_items=5)
     with pytest.raises(ValueError, match="tau"):
         ted_kd_loss(g, torch.tensor([1]), torch.randn(1, 4), torch.randn(5, 4), 0.1, weights=teacher_weights(g, 0.5))

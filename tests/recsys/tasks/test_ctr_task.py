@@ -30,32 +30,32 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ctr")
     generate(SynthConfig(num_users=60, num_categories=10, items_per_cluster=30, length_median=150, min_length=140,
                          max_length=300, deep_offset=100, seed=1), out)
-    seqs = JaggedSequences.read(out)
+    sequences = JaggedSequences.read(out)
     rng = np.random.default_rng(0)
     n = 500
-    rows = rng.integers(0, seqs.num_users, n)
-    prefix = (rng.random(n) * (seqs.lengths[rows] + 1)).astype(np.int32)
+    rows = rng.integers(0, sequences.num_users, n)
+    prefix = (rng.random(n) * (sequences.lengths[rows] + 1)).astype(np.int32)
     prefix[:5] = 0
-    prefix[5:10] = seqs.lengths[rows[5:10]]
+    prefix[5:10] = sequences.lengths[rows[5:10]]
     items = rng.integers(1, 600, n)
     replace_table(out, layout.CTR_SAMPLES, pa.table({
         schema.SPLIT: np.array(["train", "valid", "test", "train", "train"])[rng.integers(0, 5, n)],
-        schema.USER: seqs.user_ids[rows], schema.PREFIX_LENGTH: prefix, schema.ITEM: items,
+        schema.USER: sequences.user_ids[rows], schema.PREFIX_LENGTH: prefix, schema.ITEM: items,
         schema.CATEGORY: (items - 1) // 60 + 1, schema.LABEL: rng.integers(0, 2, n).astype(np.int8),
     }))
     return out
 
 
-def _slow_batch(seqs: JaggedSequences, table: pa.Table, idx: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
-    lut = seqs.row_of_user()
+def _slow_batch(sequences: JaggedSequences, table: pa.Table, idx: np.ndarray, max_history: int) -> dict[str, np.ndarray]:
+    lut = sequences.row_of_user()
     d = table.to_pydict()
     hists, cats = [], []
     for i in idx:
         r = lut[d[schema.USER][i]]
         p = d[schema.PREFIX_LENGTH][i]
-        s, e = seqs.offsets[r], seqs.offsets[r] + p
-        hists.append(seqs.items[s:e][-max_history:] if p else np.zeros(0, dtype=np.int64))
-        cats.append(seqs.categories[s:e][-max_history:] if p else np.zeros(0, dtype=np.int64))
+        s, e = sequences.offsets[r], sequences.offsets[r] + p
+        hists.append(sequences.items[s:e][-max_history:] if p else np.zeros(0, dtype=np.int64))
+        cats.append(sequences.categories[s:e][-max_history:] if p else np.zeros(0, dtype=np.int64))
     width = max(1, max(len(h) for h in hists))
     pad = lambda xs: np.array([np.r_[x, np.zeros(width - len(x), dtype=np.int64)] for x in xs])  # noqa: E731
     return {"hist_items": pad(hists), "hist_cats": pad(cats), "hist_lengths": np.array([len(h) for h in hists]),
@@ -70,7 +70,7 @@ def test_batches_match_per_sample_construction(build: Path) -> None:
     for split in ("train", "valid", "test"):
         s = task.splits[split]
         for sel, batch in task.eval_batches(split):
-            want = _slow_batch(task.seqs, table, s.index[sel], MAX_HISTORY)
+            want = _slow_batch(task.sequences, table, s.index[sel], MAX_HISTORY)
             assert set(batch) == set(want)
             for key, value in want.items():
                 np.testing.assert_array_equal(batch[key].numpy(), value, err_msg=f"{split}/{key}")
@@ -107,7 +107,7 @@ def test_shuffle_from_generator_and_shards(build: Path) -> None:
     assert [t.parts for t in shards] == [[0, 3], [1, 4], [2]]
     assert sum(len(t.train) for t in shards) == len(task.train)
     assert set().union(*(key(t.train) for t in shards)) == key(task.train)
-    users = [set(t.seqs.user_ids.tolist()) for t in shards]
+    users = [set(t.sequences.user_ids.tolist()) for t in shards]
     assert all(not users[i] & users[j] for i in range(3) for j in range(i + 1, 3))
     assert all(set(t.train.user_ids.tolist()) <= u for t, u in zip(shards, users))
 

@@ -68,7 +68,7 @@ def markov_sequences(num_users: int = 80, num_items: int = 40, seed: int = 0) ->
 
 
 class Markov(nn.Module):
-    """Tiny first-order next-item model: hidden_t = W · E[seq_t] (test stand-in for SASRec)."""
+    """Tiny first-order next-item model: hidden_t = W · E[items_t] (test stand-in for SASRec)."""
 
     def __init__(self, num_items: int, d: int = 16) -> None:
         super().__init__()
@@ -76,17 +76,17 @@ class Markov(nn.Module):
         self.proj = nn.Linear(d, d)
         self.drop = nn.Dropout(0.1)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.drop(self.emb(seq)))  # [B,n,d]
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.drop(self.emb(items)))  # [B,n,d]
 
     def item_embeddings(self) -> torch.Tensor:
         return self.emb.weight
 
-    def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
-        return self(seq)[:, -1]
+    def user_embedding(self, items: torch.Tensor) -> torch.Tensor:
+        return self(items)[:, -1]
 
     def training_loss(self, batch, loss_cfg):
-        return next_item_loss(self(batch["seq"]), self.emb.weight, batch, loss_cfg), {}
+        return next_item_loss(self(batch["items"]), self.emb.weight, batch, loss_cfg), {}
 
 
 class FixedScores(nn.Module):
@@ -99,8 +99,8 @@ class FixedScores(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.w
 
-    def user_embedding(self, seq: torch.Tensor) -> torch.Tensor:
-        return torch.ones(seq.shape[0], 1)
+    def user_embedding(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.ones(items.shape[0], 1)
 
 
 @pytest.fixture()
@@ -111,23 +111,23 @@ def build(tmp_path: Path) -> Path:
 def test_protocol_and_rows(build: Path) -> None:
     task = NextItemTask(build, max_len=6)
     assert isinstance(task, TrainTask)
-    seqs = markov_sequences()
-    assert len(task.train_rows) == sum(1 for s in seqs if (len(s) - 2 if len(s) >= 3 else len(s)) >= 2)
-    assert len(task.eval_rows) == sum(1 for s in seqs if len(s) >= 3)
+    sequences = markov_sequences()
+    assert len(task.train_rows) == sum(1 for s in sequences if (len(s) - 2 if len(s) >= 3 else len(s)) >= 2)
+    assert len(task.eval_rows) == sum(1 for s in sequences if len(s) >= 3)
 
 
 def test_batch_layout_and_negatives(build: Path) -> None:
     task = NextItemTask(build, max_len=6, loss_cfg=LossConfig(kind="bce", num_negatives=3))
-    seqs = markov_sequences()
-    rows = np.arange(len(seqs) - 1)  # all but the single-item user
+    sequences = markov_sequences()
+    rows = np.arange(len(sequences) - 1)  # all but the single-item user
     rows = rows[task.train_ends[rows] >= 2]
     batch = task.make_batch(rows, torch.Generator().manual_seed(0))
-    assert batch["seq"].shape == (len(rows), 6) and batch["neg"].shape == (len(rows), 6, 3)
+    assert batch["items"].shape == (len(rows), 6) and batch["neg"].shape == (len(rows), 6, 3)
     for b, r in enumerate(rows):
-        train = seqs[r][: task.train_ends[r]]
-        want_seq = ([0] * 6 + train[:-1])[-6:]
-        want_pos = [p if s else 0 for s, p in zip(want_seq, ([0] * 6 + train[1:])[-6:])]
-        assert batch["seq"][b].tolist() == want_seq
+        train = sequences[r][: task.train_ends[r]]
+        want_items = ([0] * 6 + train[:-1])[-6:]
+        want_pos = [p if s else 0 for s, p in zip(want_items, ([0] * 6 + train[1:])[-6:])]
+        assert batch["items"][b].tolist() == want_items
         assert batch["pos"][b].tolist() == want_pos
         neg = batch["neg"][b]
         valid = torch.tensor(want_pos) != 0
@@ -156,7 +156,7 @@ def test_batches_deterministic_given_generator(build: Path) -> None:
     for x, y in zip(a, b):
         assert all(torch.equal(x[k], y[k]) for k in x)
     c = list(task.train_batches(1, 16, torch.Generator().manual_seed(6)))
-    assert not torch.equal(a[0]["seq"], c[0]["seq"])
+    assert not torch.equal(a[0]["items"], c[0]["items"])
 
 
 def test_sampled_softmax_batch(build: Path) -> None:
@@ -184,11 +184,11 @@ def test_sampled_softmax_uniform_negatives_from_the_loss_config(build: Path) -> 
     pop_counts = torch.bincount(pop, minlength=n + 1)[1:].double()
     assert float(((pop_counts - pop_counts.mean()) ** 2 / pop_counts.mean()).sum()) > chi2  # the default is skewed
 
-def _reference_ranks(w: np.ndarray, seqs: list[list[int]], negs: dict[int, list[int]], split: str):
+def _reference_ranks(w: np.ndarray, sequences: list[list[int]], negs: dict[int, list[int]], split: str):
     """Per-user loops: full-ranking and sampled-100 0-based ranks, pessimistic ties."""
     full, sampled = [], []
     shift = 2 if split == "valid" else 1
-    for r, s in enumerate(seqs):
+    for r, s in enumerate(sequences):
         if len(s) < 3:
             continue
         t = s[-shift]
@@ -204,9 +204,9 @@ def test_evaluate_matches_reference(build: Path, split: str) -> None:
     task = NextItemTask(build, max_len=6, eval_batch_size=7)
     g = torch.Generator().manual_seed(2)
     w = torch.randint(0, 6, (41,), generator=g).float()  # many ties on purpose
-    seqs = markov_sequences()
+    sequences = markov_sequences()
     negs = {r: [int(x) for x in task.eval_negatives()[r]] for r in task.eval_rows}
-    full, sampled = _reference_ranks(w.numpy(), seqs, negs, split)
+    full, sampled = _reference_ranks(w.numpy(), sequences, negs, split)
     m = task.evaluate(FixedScores(w), split)
     assert m["num_users"] == len(full)
     for proto, ranks in (("full", full), ("sampled100", sampled)):
@@ -246,7 +246,7 @@ def test_training_beats_popularity(build: Path, tmp_path: Path) -> None:
 def _epoch_rows(task: NextItemTask, seed: int, bucket: bool, batch_size: int = 8) -> list[list[int]]:
     """Per batch of one epoch, its rows' left-padded input windows (a row's identity here)."""
     gen = torch.Generator().manual_seed(seed)
-    return [b["seq"].tolist() for b in task.train_batches(0, batch_size, gen, bucket_by_length=bucket)]
+    return [b["items"].tolist() for b in task.train_batches(0, batch_size, gen, bucket_by_length=bucket)]
 
 
 def test_bucket_by_length_same_rows_fewer_padded_columns(build: Path) -> None:
@@ -283,7 +283,7 @@ def test_epoch_mean_reduction_weighs_every_position_the_same(build: Path, bucket
         assert float(b["loss_scale"]) == pytest.approx(v / per_batch)
     torch.manual_seed(0)
     table = torch.randn(task.num_items + 1, 4)
-    hidden = torch.randn(*batches[0]["seq"].shape, 4)
+    hidden = torch.randn(*batches[0]["items"].shape, 4)
     b = batches[0]
     scaled = next_item_loss(hidden, table, b, cfg)
     valid = b["pos"] != 0

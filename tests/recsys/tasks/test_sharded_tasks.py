@@ -74,13 +74,13 @@ def _rank_view(rank: int, world: int, cfg_json: str) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     batches = [list(t.train_batches(1, 8, torch.Generator().manual_seed(7))) for t in (task, again)]
-    out = {"parts": task.parts, "users": task.seqs.user_ids.copy(), "again_parts": again.parts,
+    out = {"parts": task.parts, "users": task.sequences.user_ids.copy(), "again_parts": again.parts,
            "same_batches": len(batches[0]) == len(batches[1]) and all(
                all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(*batches)),
            "valid": task.evaluate(model, "valid"), "test": task.evaluate(model, "test")}
     if cfg.task == "next_item":
         out.update(item_counts=task.item_counts, mean_positions=task.mean_positions,
-                   valid_users=task.seqs.user_ids[task.valid_rows], train_users=task.seqs.user_ids[task.train_rows])
+                   valid_users=task.sequences.user_ids[task.valid_rows], train_users=task.sequences.user_ids[task.train_rows])
     else:
         out.update(train_users=task.train.user_ids, train_items=task.train.items)
     return out
@@ -99,13 +99,13 @@ def test_two_workers_read_their_parts_and_evaluate_like_one(builds: dict[str, Pa
     assert [r["parts"] for r in ranks] == [[0, 2], [1, 3]] == [r["again_parts"] for r in ranks]
     assert all(r["same_batches"] for r in ranks)  # a restarted worker replays the same data
     users = [set(r["users"].tolist()) for r in ranks]
-    assert not users[0] & users[1] and users[0] | users[1] == set(full.seqs.user_ids.tolist())
+    assert not users[0] & users[1] and users[0] | users[1] == set(full.sequences.user_ids.tolist())
     assert all(set(r["train_users"].tolist()) <= u for r, u in zip(ranks, users))
     if task == "next_item":
         assert sorted(np.concatenate([r["train_users"] for r in ranks]).tolist()) == \
-            sorted(full.seqs.user_ids[full.train_rows].tolist())
+            sorted(full.sequences.user_ids[full.train_rows].tolist())
         valid = np.sort(np.concatenate([r["valid_users"] for r in ranks]))
-        assert valid.size == 30 and np.array_equal(valid, full.seqs.user_ids[full.valid_rows])  # same sample
+        assert valid.size == 30 and np.array_equal(valid, full.sequences.user_ids[full.valid_rows])  # same sample
         assert all(np.array_equal(r["item_counts"], full.item_counts) for r in ranks)
         assert all(r["mean_positions"] == full.mean_positions for r in ranks)
     else:
