@@ -65,7 +65,7 @@ SUMMARY+=("$(printf '%-16s %-8s rc=%-3s %4d s' tests "$([ "$rc" = 0 ] && echo ok
 step dare_step "${DARE_TIMEOUT:-90}" python3 -m benchmarks.dare_step --device cuda --out "$OUT/dare_step.json"
 step serving_batched "${SERVING_TIMEOUT:-150}" python3 -m benchmarks.serving_batched --device cuda \
     --out "$OUT/serving_batched.json"
-step jagged "${JAGGED_TIMEOUT:-60}" python3 -m benchmarks.jagged_vs_padded --device cuda --cands 1,512 \
+step jagged "${JAGGED_TIMEOUT:-90}" python3 -m benchmarks.jagged_vs_padded --device cuda --cands 1,512 \
     --out "$OUT/jagged_vs_padded.json"
 
 left=$(( ${SESSION_S:-540} - ($(date +%s) - START) - 10 ))
