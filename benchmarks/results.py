@@ -77,6 +77,26 @@ def write_rows(name: str, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def command_line(module: str, argv: list[str]) -> str:
+    """The command that reproduces a run of `python -m module argv` from a fresh clone: the device
+    session's form for a CUDA run, the venv's otherwise; without --out (it names one run's file)."""
+    kept = [a for i, a in enumerate(argv) if not (a.startswith("--out") or (i and argv[i - 1] == "--out"))]
+    cuda = any(a.startswith(("cuda", "--device=cuda")) for a in kept)
+    prefix = "TRITON_INTERPRET=0 PYTHONPATH=. python3" if cuda else ".venv/bin/python"
+    return " ".join([prefix, "-m", module, *kept])
+
+
+def write_rows_to(rows: list[dict[str, Any]], out: str | None, name: str | None) -> Path | None:
+    """Rows to the .json file `out` when given (a device run writes under its $OUT), else to
+    results/<name>.json (and the README table) when `name` is given, else nowhere."""
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+        return path
+    return write_rows(name, rows) if name else None
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return ""

@@ -108,21 +108,27 @@ def worker(args: argparse.Namespace) -> None:
         return
     settings = ServingSettings(store=f"sqlite:{args.db}", token="bench", max_candidates=1024, fast_score_path=not args.no_fast_path,
                                batch=BatchSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                                   inline_when_alone=not args.no_inline))
+                                                   inline_when_alone=not args.no_inline,
+                                                   batched_scoring={"auto": None, "on": True, "off": False}[args.batched_scoring]))
     settings.configure_process()  # as `recsys serve` does: 1 torch thread, 0.5 ms GIL switch interval
     uvicorn.run(create_app(settings, ctr=make_scorer(args.model, device=args.device)), host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False)
 
 
-async def load(port: int, user: int, cands: list[list[int]], concurrency: int, seconds: float, max_requests: int) -> dict:
+async def load(port: int, user: int | list[int], cands: list[list[int]], concurrency: int, seconds: float,
+               max_requests: int) -> dict:
+    """httpx client: `concurrency` tasks POSTing in turn over the candidate sets (and over the users,
+    when `user` is a list), after one warm-up request per user and three in all."""
     import httpx
 
+    users = [user] if isinstance(user, int) else list(user)
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=600) as client:
-        for c in cands[:3]:  # warm-up (also caches the user's state)
-            (await client.post("/v1/score", json={"user_id": user, "candidates": c})).raise_for_status()
+        for k in range(max(3, len(users))):  # warm-up (also caches the users' states)
+            body = {"user_id": users[k % len(users)], "candidates": cands[k % len(cands)]}
+            (await client.post("/v1/score", json=body)).raise_for_status()
         deadline = time.perf_counter() + seconds
         sent = 0
 
@@ -131,7 +137,7 @@ async def load(port: int, user: int, cands: list[list[int]], concurrency: int, s
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
                 t0 = time.perf_counter()
-                r = await client.post("/v1/score", json={"user_id": user, "candidates": cands[sent % len(cands)]})
+                r = await client.post("/v1/score", json={"user_id": users[sent % len(users)], "candidates": cands[sent % len(cands)]})
                 lat.append(time.perf_counter() - t0)
                 errors += r.status_code != 200
 
@@ -168,15 +174,19 @@ def lua_string(text: str) -> str:
     return "[==[" + text + "]==]"  # Lua long bracket: no escaping needed for JSON
 
 
-def load_wrk(port: int, user: int, cands: list[list[int]], concurrency: int, seconds: float, warm: bool = True) -> dict:
-    """One wrk run (1 thread, `concurrency` connections, `seconds`) after 3 warm-up requests."""
+def load_wrk(port: int, user: int | list[int], cands: list[list[int]], concurrency: int, seconds: float,
+             warm: bool = True) -> dict:
+    """One wrk run (1 thread, `concurrency` connections, `seconds`) after 3 warm-up requests (one per
+    user when `user` is a list of more; the bodies then rotate over the users too)."""
     import httpx
 
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("benchmarks.serving --client wrk: wrk not found (apt-get install -y wrk), or use --client httpx")
-    bodies = [json.dumps({"user_id": user, "candidates": c}, separators=(",", ":")) for c in cands]
-    for b in bodies[:3] if warm else []:  # warm-up (also caches the user's state)
+    users = [user] if isinstance(user, int) else list(user)
+    bodies = [json.dumps({"user_id": users[k % len(users)], "candidates": c}, separators=(",", ":"))
+              for k, c in enumerate(cands)]
+    for b in bodies[:max(3, len(users))] if warm else []:  # warm-up (also caches the user's state)
         httpx.post(f"http://127.0.0.1:{port}/v1/score", content=b, headers={"Content-Type": "application/json"},
                    timeout=600).raise_for_status()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
@@ -191,7 +201,7 @@ def load_wrk(port: int, user: int, cands: list[list[int]], concurrency: int, sec
             "errors": res["status_errors"] + res["socket_errors"]}
 
 
-def run_load(client: str, port: int, user: int, cands: list[list[int]], concurrency: int, seconds: float, max_requests: int) -> dict:
+def run_load(client: str, port: int, user: int | list[int], cands: list[list[int]], concurrency: int, seconds: float, max_requests: int) -> dict:
     if client == "wrk":
         return load_wrk(port, user, cands, concurrency, seconds)
     return asyncio.run(load(port, user, cands, concurrency, seconds, max_requests))
@@ -230,15 +240,17 @@ def in_process_ms(model: str, db: Path, user: int, cands: list[list[int]], reps:
 
 
 def start(model: str, db: Path, port: int, max_batch: int, fast_path: bool = True, inline: bool = True,
-          floor: int = 0, device: str = "cpu") -> subprocess.Popen:
+          floor: int = 0, device: str = "cpu", batched: str = "auto") -> subprocess.Popen:
     """A benchmark server process (`floor` > 0: the bare HTTP-floor app with a body of that size)."""
     import httpx
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serving", "--worker", "--model", model, "--db", str(db),
-                             "--port", str(port), "--max-batch", str(max_batch), "--device", device] + ([] if fast_path else ["--no-fast-path"])
+                             "--port", str(port), "--max-batch", str(max_batch), "--device", device,
+                             "--batched-scoring", batched] + ([] if fast_path else ["--no-fast-path"])
                             + ([] if inline else ["--no-inline"]) + ([f"--floor={floor}"] if floor else []), env=env)
-    for _ in range(600):
+    deadline = time.monotonic() + (300 if device.startswith("cuda") else 60)  # CUDA: Triton compiles at start-up
+    while time.monotonic() < deadline:
         try:
             if floor:
                 httpx.post(f"http://127.0.0.1:{port}/", content=b"{}", timeout=1).raise_for_status()
@@ -300,6 +312,7 @@ def main() -> None:
     p.add_argument("--client", choices=("wrk", "httpx"), default="wrk", help="load generator (see the module docstring)")
     p.add_argument("--no-fast-path", action="store_true", help="serve /v1/score through the FastAPI route only")
     p.add_argument("--no-inline", action="store_true", help="lone requests also go through the batch thread")
+    p.add_argument("--batched-scoring", choices=("auto", "on", "off"), default="auto", help=argparse.SUPPRESS)
     p.add_argument("--no-batching-rows", action="store_true", help="skip the max_batch 16 vs 1 comparison")
     p.add_argument("--http-floor", action="store_true", help="also measure a bare uvicorn ASGI app (HTTP + client floor)")
     p.add_argument("--targets", action="store_true",

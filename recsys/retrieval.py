@@ -11,20 +11,25 @@ On a GPU machine (`device="cuda"`): the faiss index is moved to the GPU with
 `faiss.index_cpu_to_all_gpus` when the faiss GPU build loads there (faiss.get_num_gpus() > 0;
 its wheels need the CUDA 12 runtime libraries); otherwise exact search falls back to a torch
 matmul + top-k on the GPU (same result as the flat index). This machine has faiss-cpu only.
+
+faiss is imported when an index is built, loaded or searched, not with this module: CTR runs and
+the CTR server import `IndexConfig` (through recsys.experiment) without loading faiss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import faiss
 import numpy as np
 import torch
 from pydantic import Field
 
 from recsys.config import StrictModel
+
+if TYPE_CHECKING:
+    import faiss
 
 
 class IndexConfig(StrictModel):
@@ -37,6 +42,8 @@ class IndexConfig(StrictModel):
 
 def build_index(item_embeddings: torch.Tensor | np.ndarray, cfg: IndexConfig | None = None) -> faiss.Index:
     """item_embeddings [N+1, d] (row 0 = padding) -> faiss index over items 1..N."""
+    import faiss
+
     cfg = cfg or IndexConfig()
     emb = item_embeddings.detach().float().cpu().numpy() if isinstance(item_embeddings, torch.Tensor) else item_embeddings
     x = np.ascontiguousarray(emb[1:], dtype=np.float32)  # [N, d]
@@ -58,10 +65,14 @@ def build_index(item_embeddings: torch.Tensor | np.ndarray, cfg: IndexConfig | N
 
 
 def save_index(index: faiss.Index, path: str | Path) -> None:
+    import faiss
+
     faiss.write_index(index, str(path))
 
 
 def load_index(path: str | Path) -> faiss.Index:
+    import faiss
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"faiss index not found: {path}")
@@ -73,6 +84,8 @@ def search(index: faiss.Index, queries: torch.Tensor, k: int, *, device: str | t
     """queries [B,d] -> (scores [B,k] float32, dense item ids [B,k] int64; -1 when fewer than k).
 
     On CUDA: faiss GPU index when available, else exact torch top-k over `item_embeddings`."""
+    import faiss
+
     k = min(k, index.ntotal)
     device = torch.device(device)
     if device.type == "cuda" and faiss.get_num_gpus() == 0 and item_embeddings is not None:

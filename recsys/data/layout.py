@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.data import schema
 from recsys.data.negatives import splitmix64
+
+if TYPE_CHECKING:  # polars is imported by the writers only: readers (training, serving) never load it
+    import polars as pl
 
 SEQUENCES = "sequences"
 EVAL_NEGATIVES = "eval_negatives"
@@ -143,7 +146,7 @@ def user_parts(build_dir: str | Path, users: np.ndarray) -> np.ndarray:
 
 def plain_arrow(df: pl.DataFrame | pa.Table) -> pa.Table:
     """One-chunk Arrow table with the contract's plain types (polars exports large_list/large_string)."""
-    table: pa.Table = (df.to_arrow() if isinstance(df, pl.DataFrame) else df).combine_chunks()
+    table: pa.Table = (df if isinstance(df, pa.Table) else df.to_arrow()).combine_chunks()
     fields = []
     for f in table.schema:
         t = f.type
@@ -165,6 +168,8 @@ def write_part(df: pl.DataFrame | pa.Table, path: str | Path) -> None:
 def write_partitioned(out: str | Path, table: str, df: pl.DataFrame, parts: np.ndarray, count: int) -> None:
     """Write `df` (rows in user order) as `count` parts of `table`; `parts[r]` is row r's part.
     Every part is written, an empty one too, and rows keep their order inside a part."""
+    import polars as pl
+
     for p in range(count):
         write_part(df.filter(pl.Series(parts == p)), Path(out) / table / part_name(p))
 
