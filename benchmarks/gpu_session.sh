@@ -8,6 +8,8 @@
 # scripts/gpu_wheels.sh puts in .whl/ (carry .whl): they are installed into /tmp/site first.
 # Every step has its own timeout and fails soft; the whole session stays under SESSION_S seconds
 # (default 540): the kernel rows get what the earlier steps left, at most BENCH_TIMEOUT (330).
+# SDIM_ONLY=1: just the SDIM kernel tests and `--targets --sdim` (both table paths, the packed-config
+# sweep, bf16 history; about 1-2 minutes).
 set -uo pipefail
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
@@ -33,6 +35,13 @@ step() {
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv 2>&1 | tee -a "$LOG"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tee -a "$LOG"
+
+if [ -n "${SDIM_ONLY:-}" ]; then
+  step sdim_tests "${TEST_TIMEOUT:-120}" python3 -m pytest -q -p no:cacheprovider tests/kernels/test_triton_sdim.py
+  step sdim_rows "${BENCH_TIMEOUT:-330}" python3 -m benchmarks.kernels --targets --sdim --out "$OUT/kernels_h200_sdim.json"
+  for line in "${SUMMARY[@]}"; do say "$line"; done
+  exit 0
+fi
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   wheels=(.whl/*.whl)

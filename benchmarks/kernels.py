@@ -10,6 +10,7 @@ kernels are only checked for correctness (tests, interpreter), never timed on CP
 
     .venv/bin/python -m benchmarks.kernels --quick      # CPU, about a minute
     python -m benchmarks.kernels --targets              # GPU: the issue-15 target rows (kernels_h200.json)
+    python -m benchmarks.kernels --targets --sdim       # GPU: SDIM rows only, both table paths + config sweep
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def grid(cuda: bool, quick: bool):
 
 # ---------------------------------------------------------------- issue 15 targets (--targets)
 TARGET_CMD = "TRITON_INTERPRET=0 PYTHONPATH=. python3 -m benchmarks.kernels --targets --out benchmarks/results/kernels_h200.json"
+SDIM_CMD = "TRITON_INTERPRET=0 PYTHONPATH=. python3 -m benchmarks.kernels --targets --sdim --out benchmarks/results/kernels_h200_sdim.json"
 SEARCH_CASES = [  # (B, L, C, da, k, dtype, target eager/ours)
     (1, 8192, 512, 32, 64, torch.float32, 5.0),
     (1, 8192, 512, 32, 20, torch.float32, 5.0),
@@ -99,11 +101,11 @@ def eager_search(q: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor, k: 
     return torch.topk(s.masked_fill(~valid[:, None, :], float("-inf")), k, dim=-1)
 
 
-def _trow(rows: list, name: str, proto: str, metric: str, value, reference=None, ratio=None) -> None:
+def _trow(rows: list, name: str, proto: str, metric: str, value, reference=None, ratio=None, command=None) -> None:
     r = lambda v, n=4: None if v is None else round(float(v), n)  # noqa: E731
     rows.append(row(name=name, model="twin/dare", dataset="synthetic", protocol=proto, metric=metric,
                     value=r(value), reference=r(reference), ratio=r(ratio, 3), device=None, seed=0,
-                    command=TARGET_CMD))
+                    command=command or TARGET_CMD))
 
 
 def _graph_ms(fn: Callable[[], object]) -> float | None:
@@ -185,8 +187,43 @@ def stage_targets(rows: list) -> None:
         print(f"stage k={k}: {ms:.4f} ms (graph {gms}), eager {ems:.4f}", flush=True)
 
 
-def sdim_targets(rows: list, bw: float) -> None:
-    """SDIM table build vs the memory floor, simhash vs the reference, at B=256 L=8192 d=32 S=16 tau=4."""
+TABLE_PATHS = [("packed (default)", {}), ("dense (previous kernel)", {"path": "dense"})]
+TABLE_SWEEP = [("packed 4 warps block_l 32", {"num_warps": 4, "block_l": 32}), ("packed 4 warps", {"num_warps": 4}),
+               ("packed block_l 32", {"block_l": 32}), ("packed block_l 128", {"block_l": 128}),
+               ("packed 1 chunk", {"n_chunks": 1}), ("packed 2 chunks", {"n_chunks": 2}),
+               ("packed 6 chunks", {"n_chunks": 6}), ("packed 12 chunks", {"n_chunks": 12})]
+
+
+def table_rows(rows: list, proto: str, floor: float, hist, codes, lengths, ref_out, variants, cmd: str) -> dict:
+    """Time the table build per TableConfig variant (the launcher, called directly): rows ms,
+    ms / memory floor, relative error vs the reference. Returns {variant name: ms}."""
+    from kernels.triton._common import sm_count
+    from kernels.triton.configs import table_config
+    from kernels.triton.sdim import sdim_bucket_table_triton
+
+    b, l, d = hist.shape
+    done = {}
+    for name, kw in variants:
+        cfg = table_config(b, l, d, S, 2**TAU, sm_count(hist.device), **kw)
+        fn = lambda: sdim_bucket_table_triton(hist, codes, lengths, 2**TAU, cfg)  # noqa: E731
+        try:
+            ms = bench(fn, True, 0)
+            err = rel(fn(), ref_out)
+        except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a result too
+            print(f"table variant {name} {cfg} failed: {exc!r}"[:300], flush=True)
+            continue
+        p = f"{proto}; path {name}: " + (str(cfg) if cfg.path == "packed" else "its own fixed plan (8 warps, 64-row steps)")
+        _trow(rows, "sdim_bucket_table", p + "; target <= 2x floor", "ms / memory-floor ms", ms / floor, floor, command=cmd)
+        _trow(rows, "sdim_bucket_table", p, "ms", ms, command=cmd)
+        _trow(rows, "sdim_bucket_table", p, "relative error vs reference", err, command=cmd)
+        print(f"table {name:28s} {ms:.4f} ms = {ms / floor:.2f}x floor {floor:.4f}; rel err {err:.2e}", flush=True)
+        done[name] = ms
+    return done
+
+
+def sdim_targets(rows: list, bw: float, sweep: bool = False) -> None:
+    """SDIM table build vs the memory floor (both paths; with `sweep` also packed-config variants, and
+    bf16 history), simhash vs the reference, at B=256 L=8192 d=32 S=16 tau=4."""
     b, l, d = 256, 8192, 32
     g = torch.Generator(device="cuda").manual_seed(2)
     hist = torch.randn(b, l, d, device="cuda", generator=g)
@@ -197,19 +234,34 @@ def sdim_targets(rows: list, bw: float) -> None:
     ms = bench(lambda: ops.sdim_bucket_table(hist, codes, lengths, 2**TAU), True, 0)
     floor = (hist.numel() * 4 + codes.numel() * 8 + b * S * 2**TAU * d * 4) / bw / 1e6
     ref = bench(lambda: ref_sdim.sdim_bucket_table(hist, codes, lengths, 2**TAU), True, 0)
-    exact = rel(ops.sdim_bucket_table(hist, codes, lengths, 2**TAU), ref_sdim.sdim_bucket_table(hist, codes, lengths, 2**TAU))
-    _trow(rows, "sdim_bucket_table", proto + "; target <= 2x floor", "ms / memory-floor ms", ms / floor, floor)
-    _trow(rows, "sdim_bucket_table", proto, "ms (project reference = reference)", ms, ref, ref / ms)
-    _trow(rows, "sdim_bucket_table", proto, "relative error vs reference", exact)
+    ref_out = ref_sdim.sdim_bucket_table(hist, codes, lengths, 2**TAU)
+    exact = rel(ops.sdim_bucket_table(hist, codes, lengths, 2**TAU), ref_out)
+    cmd = SDIM_CMD if sweep else TARGET_CMD
+    _trow(rows, "sdim_bucket_table", proto + "; kernels.ops (default path); target <= 2x floor", "ms / memory-floor ms",
+          ms / floor, floor, command=cmd)
+    _trow(rows, "sdim_bucket_table", proto, "ms (project reference = reference)", ms, ref, ref / ms, command=cmd)
+    _trow(rows, "sdim_bucket_table", proto, "relative error vs reference", exact, command=cmd)
+    done = table_rows(rows, proto, floor, hist, codes, lengths, ref_out, TABLE_PATHS + (TABLE_SWEEP if sweep else []), cmd)
+    if len(done) >= 2 and all(n in done for n, _ in TABLE_PATHS):
+        (pn, _), (dn, _) = TABLE_PATHS
+        _trow(rows, "sdim_bucket_table", f"{proto}; {dn} ms / {pn} ms", "speed-up of the packed path",
+              done[dn] / done[pn], command=cmd)
+    if sweep:                                     # bf16 history: one bf16 part instead of three
+        h16 = hist.to(torch.bfloat16)
+        floor16 = (h16.numel() * 2 + codes.numel() * 8 + b * S * 2**TAU * d * 2) / bw / 1e6
+        ref16 = ref_sdim.sdim_bucket_table(h16.float(), codes, lengths, 2**TAU)
+        table_rows(rows, proto.replace("fp32 history", "bf16 history"), floor16, h16, codes, lengths, ref16, TABLE_PATHS,
+                   cmd)
     from kernels.reference import simhash as ref_hash
 
     hs = bench(lambda: ops.simhash_codes(hist, proj, TAU), True, 0)
     hr = bench(lambda: ref_hash.simhash_codes(hist, proj, TAU), True, 0)
     same = float((ops.simhash_codes(hist, proj, TAU) == ref_hash.simhash_codes(hist, proj, TAU)).float().mean())
     hfloor = (hist.numel() * 4 + codes.numel() * 8) / bw / 1e6
-    _trow(rows, "simhash_codes", proto + "; target >= 3x reference", "ms (project reference = reference)", hs, hr, hr / hs)
-    _trow(rows, "simhash_codes", proto, "ms / memory-floor ms", hs / hfloor, hfloor)
-    _trow(rows, "simhash_codes", proto, "codes equal to reference (fraction)", same)
+    _trow(rows, "simhash_codes", proto + "; target >= 3x reference", "ms (project reference = reference)", hs, hr, hr / hs,
+          command=cmd)
+    _trow(rows, "simhash_codes", proto, "ms / memory-floor ms", hs / hfloor, hfloor, command=cmd)
+    _trow(rows, "simhash_codes", proto, "codes equal to reference (fraction)", same, command=cmd)
     print(f"sdim table {ms:.4f} ms floor {floor:.4f} ({ms / floor:.2f}x) ref {ref:.4f}; simhash {hs:.4f} ref {hr:.4f}", flush=True)
 
 
@@ -255,18 +307,22 @@ def faiss_row(rows: list) -> None:
     print(note, flush=True)
 
 
-def run_targets(out: str | None) -> int:
-    """Every issue-15 target row on the GPU (about 3-4 minutes of device time)."""
+def run_targets(out: str | None, sdim_only: bool = False) -> int:
+    """Every issue-15 target row on the GPU (about 3-4 minutes of device time); `sdim_only`: just the
+    SDIM section with the table-config sweep and bf16 rows (about a minute; kernels_h200_sdim.json)."""
     if not torch.cuda.is_available():
         raise SystemExit("--targets needs a CUDA GPU (the rows are GPU targets)")
     import json
     from pathlib import Path
 
     rows: list = []
-    path = Path(out) if out else Path(__file__).resolve().parent / "results" / "kernels_h200.json"
+    name = "kernels_h200_sdim.json" if sdim_only else "kernels_h200.json"
+    path = Path(out) if out else Path(__file__).resolve().parent / "results" / name
     bw = copy_bandwidth(torch.device("cuda"), True)
     sections = [lambda: first_call_targets(rows), lambda: search_targets(rows, set()), lambda: stage_targets(rows),
                 lambda: sdim_targets(rows, bw), lambda: faiss_row(rows)]
+    if sdim_only:
+        sections = [lambda: sdim_targets(rows, bw, sweep=True)]
     failed = 0
     for section in sections:                      # rows are written after each section (a timeout keeps them)
         try:
@@ -277,8 +333,9 @@ def run_targets(out: str | None) -> int:
             traceback.print_exc()
             failed += 1
         path.write_text(json.dumps(rows, indent=1) + "\n")
-    _trow(rows, "dare_training_step", "B=2048 L=2048 C=1", "note: NOT MEASURED (device image lacks pydantic; "
-          "models not importable there)", None)
+    if not sdim_only:
+        _trow(rows, "dare_training_step", "B=2048 L=2048 C=1", "note: NOT MEASURED (device image lacks pydantic; "
+              "models not importable there)", None)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {path} ({len(rows)} rows); {failed} sections failed")
     return 1 if failed else 0
@@ -322,19 +379,40 @@ def sweep(out: str | None) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small grid (CPU: about a minute)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--targets", action="store_true", help="issue-15 target rows on the GPU")
     p.add_argument("--sweep", action="store_true", help="with --targets: also time search config variants")
+    p.add_argument("--sdim", action="store_true", help="with --targets: only the SDIM rows, both table paths, "
+                   "the packed-config sweep and bf16 history (default out results/kernels_h200_sdim.json)")
     p.add_argument("--out", default=None, help="--targets: JSON path (default results/kernels_h200.json)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _target_notes(rows: list, cuda: bool, command: str) -> None:
+    """One row per issue target, saying whether this run measured it."""
+    for what, target in [("topk_target_search", "eager/this >= 5 and compile/this >= 2 at B=256 L=8k C=512 da=32"),
+                         ("sdim_bucket_table", "ms <= 2x memory floor"),
+                         ("retrieval_stage_search+aggregate", "<= 1 ms at B=1 L=8k C=512")]:
+        rows.append(row(name=what, model=None, dataset="synthetic",
+                        protocol=f"TARGET on H100/H200: {target}; " + ("measured above" if cuda else "NOT MEASURED: no GPU in this session"),
+                        metric="target", value=None, device=None, seed=0, command=command))
+
+
+def _targets_main(args: argparse.Namespace) -> int:
+    """--targets [--sweep | --sdim]: the GPU target rows."""
+    rc = run_targets(args.out, sdim_only=args.sdim)
+    if args.sweep and not args.sdim:
+        sweep(args.out.replace(".json", "_sweep.json") if args.out else None)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     if args.targets:
-        rc = run_targets(args.out)
-        if args.sweep:
-            sweep(args.out.replace(".json", "_sweep.json") if args.out else None)
-        return rc
+        return _targets_main(args)
     torch.set_num_threads(1) if not torch.cuda.is_available() else None
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -406,12 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                         device=None, seed=0, command=command))
         print(f"{case:40s} search {ms:9.3f} ms  compile {comp_ms}  agg {ms_agg:8.3f} ms  table {ms_tab:8.3f} ms", flush=True)
 
-    for what, target in [("topk_target_search", "eager/this >= 5 and compile/this >= 2 at B=256 L=8k C=512 da=32"),
-                         ("sdim_bucket_table", "ms <= 2x memory floor"),
-                         ("retrieval_stage_search+aggregate", "<= 1 ms at B=1 L=8k C=512")]:
-        rows.append(row(name=what, model=None, dataset="synthetic",
-                        protocol=f"TARGET on H100/H200: {target}; " + ("measured above" if cuda else "NOT MEASURED: no GPU in this session"),
-                        metric="target", value=None, device=None, seed=0, command=command))
+    _target_notes(rows, cuda, command)
     out = write_rows("kernels", rows)
     print(f"wrote {out} ({len(rows)} rows); copy bandwidth {bw:.1f} GB/s; device path: {path}")
     return 0

@@ -79,3 +79,74 @@ def rows_block(n_rows_total: int, sms: int, lo: int = 1, hi: int = 64) -> int:
     gives about _WAVES programs per multiprocessor."""
     target = max(1, n_rows_total // (_WAVES * sms))
     return max(lo, min(hi, pow2(target) if target > 1 else 1))
+
+
+# ---------------------------------------------------------------- SDIM bucket table
+TABLE_PATHS = ("packed", "dense")
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How the packed table kernel reads codes: each code is `field` bits of a 32-bit word (one word =
+    `cpw` signatures = one accumulator of cpw*nb_p one-hot rows), `words` (1 or 2) words per program,
+    buckets padded to nb_p (padding rows are never written)."""
+
+    nb_p: int
+    field: int
+    cpw: int
+    words: int
+
+
+def table_layout(s: int, nb: int) -> TableLayout | None:
+    """The packed layout for S signatures of nb buckets; None when nb > 256 (one signature's one-hot
+    would not fit an accumulator; the dense path takes those)."""
+    nb_p = pow2(nb, 2)
+    if nb_p > 256:
+        return None
+    field = pow2(nb_p.bit_length() - 1)                   # bits per code, a power of two (4 for 16 buckets)
+    cpw = max(1, min(32 // field, 256 // nb_p, pow2(s)))
+    if cpw * nb_p < 16:                                   # tl.dot needs M >= 16: pad the buckets
+        nb_p = 16 // cpw
+        field = pow2(nb_p.bit_length() - 1)
+        cpw = max(1, min(32 // field, 256 // nb_p, pow2(s)))
+    return TableLayout(nb_p=nb_p, field=field, cpw=cpw, words=2 if s > cpw else 1)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """SDIM table build launch. path "packed" (default): `_table_packed_kernel`, one program per
+    (signature group x d-block, chunk of `chunk` positions, user), `block_l` rows per step.
+    path "dense": the previous all-signature one-hot kernel with its own fixed rule (the other
+    fields are ignored); kept so a GPU run can A/B both. n_chunks > 1: partial tables summed on
+    the host in a fixed order (deterministic)."""
+
+    path: str
+    block_l: int
+    block_d: int
+    chunk: int
+    n_chunks: int
+    num_warps: int
+
+
+@functools.lru_cache(maxsize=4096)
+def table_config(b: int, l: int, d: int, s: int, nb: int, sms: int, *, path: str = "packed",
+                 block_l: int | None = None, block_d: int | None = None, n_chunks: int | None = None,
+                 num_warps: int | None = None) -> TableConfig:
+    """Default plan: 64-row steps and 8 warps (124 registers in an offline sm_90a build: two programs
+    per multiprocessor), accumulators of at most 8192 fp32 per program, and enough history chunks
+    (each >= 1024 positions) for about _WAVES programs per multiprocessor."""
+    if path not in TABLE_PATHS:
+        raise ValueError(f"path must be one of {TABLE_PATHS}, got {path!r}")
+    lay = table_layout(s, nb)
+    if lay is None:
+        path = "dense"
+    bl = block_l or 64
+    rows = (lay.cpw * lay.nb_p * lay.words) if lay else 256
+    bd = block_d or max(16, min(pow2(d, 16), 128, 1 << max(4, (8192 // rows).bit_length() - 1)))
+    groups = -(-s // (lay.cpw * lay.words)) if lay else 1
+    progs = max(1, b * groups * -(-d // bd))
+    nch = n_chunks or max(1, min(-(-(_WAVES * sms) // progs), l // 1024))
+    chunk = -(-max(l, 1) // nch)
+    chunk = -(-chunk // bl) * bl
+    return TableConfig(path=path, block_l=bl, block_d=bd, chunk=chunk, n_chunks=max(1, -(-max(l, 1) // chunk)),
+                       num_warps=num_warps or 8)

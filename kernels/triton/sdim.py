@@ -1,19 +1,22 @@
 """SDIM bucket table (BSE) build and candidate gather, forward and backward.
 
-Table build (`_table_all_kernel`, when S_P*NB_P*D_P <= 16384, e.g. S=16 tau=4 d=32): one program
-per (chunk of the history, user) reads each history row and its S codes once and accumulates
-`onehot(codes)^T @ history` for all signatures in one tl.dot per BLOCK_L rows ([S*nb, BLOCK_L] x
-[BLOCK_L, d]); the one-hot lives in registers only (no [B,L,S] mask or [B,L,S,nb] one-hot in
-memory), accumulation is fp32. Long histories at small B are split into chunks whose partial
-tables the host sums (deterministic, no atomics). Wider tables fall back to one program per
-(signature, d-block, user) (`_table_fwd_kernel`). Work past lengths[b] is skipped entirely
-(ragged batches cost what their valid positions cost). Block sizes are fixed (no autotuning).
+Table build: two paths, chosen by `TableConfig.path` (kernels/triton/configs.py `table_config`):
+- "packed" (default): `kernels/triton/sdim_packed.py` - codes packed into 32-bit words, the one-hot
+  formed in the MMA layout from two 1-D vectors, register prefetch, exact 3-part bf16 split for fp32.
+- "dense" (the previous kernel, kept for A/B runs and as the fallback for nb > 256 or other dtypes):
+  `_table_all_kernel`, when S_P*NB_P*D_P <= 16384 (e.g. S=16 tau=4 d=32): one program per (chunk of
+  the history, user) accumulates `onehot(codes)^T @ history` for all signatures in one tl.dot per
+  BLOCK_L rows ([S*nb, BLOCK_L] x [BLOCK_L, d]). Long histories at small B are split into chunks
+  whose partial tables the host sums (deterministic, no atomics). Wider tables fall back to one
+  program per (signature, d-block, user) (`_table_fwd_kernel`).
+Work past lengths[b] is skipped entirely (ragged batches cost what their valid positions cost).
+Block sizes are fixed (no autotuning).
 
-Precision: bf16 history -> bf16 tl.dot (one-hot x bf16 products are exact, fp32 accumulate);
-fp32 history -> on the GPU, the all-signature kernel splits h into three bf16 parts (h1 + h2 + h3
-carries h's 24-bit mantissa) and runs three bf16 dots with the exact bf16 one-hot (cheaper than
-"tf32x3", which also splits the one-hot); the per-signature kernels use "tf32x3"; fp32 IEEE under the interpreter
-(whose tl.dot on bf16 is wrong, so bf16 is upcast there).
+Precision (dense path): bf16 history -> bf16 tl.dot (one-hot x bf16 products are exact, fp32
+accumulate); fp32 history -> on the GPU, the all-signature kernel splits h into three bf16 parts
+(h1 + h2 + h3 carries h's 24-bit mantissa) and runs three bf16 dots with the exact bf16 one-hot
+(cheaper than "tf32x3", which also splits the one-hot); the per-signature kernels use "tf32x3"; fp32
+IEEE under the interpreter (whose tl.dot on bf16 is wrong, so bf16 is upcast there).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import triton
 import triton.language as tl
 
 from kernels.triton._common import check_cuda_or_interp, interpreting, pow2, sm_count
-from kernels.triton.configs import rows_block
+from kernels.triton.configs import TableConfig, rows_block, table_config, table_layout
+from kernels.triton.sdim_packed import PACKED_DTYPES, table_packed
 
 EPS = 1e-12  # F.normalize's eps, as in the reference
 
@@ -184,8 +188,9 @@ def _gather_bwd_kernel(t_ptr, c_ptr, g_ptr, out_ptr, C, D, S, NB,
 
 
 def sdim_bucket_table_triton(history: torch.Tensor, codes: torch.Tensor, lengths: torch.Tensor,
-                             num_buckets: int) -> torch.Tensor:
-    """history [B,L,d], codes [B,L,S], lengths [B] -> [B,S,num_buckets,d] (history dtype)."""
+                             num_buckets: int, config: TableConfig | None = None) -> torch.Tensor:
+    """history [B,L,d], codes [B,L,S], lengths [B] -> [B,S,num_buckets,d] (history dtype).
+    `config` (default: `table_config`'s rule) picks the path: "packed" (sdim_packed.py) or "dense"."""
     check_cuda_or_interp(history, codes, lengths)
     b, l, d = history.shape
     s = codes.shape[2]
@@ -194,12 +199,26 @@ def sdim_bucket_table_triton(history: torch.Tensor, codes: torch.Tensor, lengths
         return out
     if l == 0:
         return out.zero_()
-    upcast, prec = _dot_mode(history.dtype)
     h, c, n = history.contiguous(), codes.contiguous().to(torch.int64), lengths.contiguous().to(torch.int64)
+    cfg = config or table_config(b, l, d, s, num_buckets, sm_count(history.device))
+    lay = table_layout(s, num_buckets)
+    if cfg.path == "packed" and lay is not None and h.dtype in PACKED_DTYPES:
+        if cfg.chunk * cfg.n_chunks < l:
+            raise ValueError(f"table config {cfg} does not cover L={l}")
+        return table_packed(h, c, n, out, num_buckets, lay, cfg)
+    return _table_dense(h, c, n, out, num_buckets)
+
+
+def _table_dense(h: torch.Tensor, c: torch.Tensor, n: torch.Tensor, out: torch.Tensor,
+                 num_buckets: int) -> torch.Tensor:
+    """The previous path: dense all-signature one-hot kernel (or per-signature for wide tables)."""
+    b, l, d = h.shape
+    s = c.shape[2]
+    upcast, prec = _dot_mode(h.dtype)
     s_p, nb_p, d_p = pow2(s), pow2(num_buckets, 2), pow2(d, 16)
     if s_p * nb_p >= 16 and s_p * nb_p * d_p <= 16384:
         block_l = 64
-        want = max(1, -(-4 * sm_count(history.device) // b))
+        want = max(1, -(-4 * sm_count(h.device) // b))
         chunk = -(-max(l, 1) // min(want, max(1, l // 1024)))
         chunk = -(-chunk // block_l) * block_l
         nch = -(-l // chunk)
