@@ -2,9 +2,9 @@
 pays, the ops take jagged histories natively instead of padding a ragged batch to its longest
 user; measure padded against jagged on a long-tailed batch").
 
-The project's contract today is "jagged at rest, padded in compute": `kernels.ops` accepts jagged
-histories (values + offsets) but pads them to the longest row (`kernels.jagged.pad_jagged`) before
-the op, so the op's work grows with B x longest. This measures what a jagged-native op could save,
+The project's contract today is "jagged at rest, padded in compute": histories are stored as values +
+offsets and padded to the batch's longest row before `kernels.ops` (padded [B, L] + lengths), so the
+op's work grows with B x longest. This measures what a jagged-native op could save,
 without writing one: the same batch searched
 - padded: pad the jagged keys to the longest user, one `ops.topk_target_search` call;
 - bucketed (jagged-equivalent): users grouped by power-of-two length (lengths <= 64 in one
@@ -36,7 +36,6 @@ import torch
 from benchmarks.common import median_seconds
 from benchmarks.results import command_line, row, write_rows_to
 from kernels import ops
-from kernels.jagged import pad_jagged
 
 
 def long_tailed_lengths(b: int, median: int, longest: int, seed: int) -> np.ndarray:
@@ -76,8 +75,18 @@ def bucket_plan(offsets: torch.Tensor, min_width: int = 64) -> list[Bucket]:
     return plan
 
 
+def pad_to_longest(values: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole batch as one bucket: keys [B, longest, da] (right-padded) and lengths [B]."""
+    rows = torch.arange(offsets.numel() - 1, device=offsets.device)
+    lengths = offsets[1:] - offsets[:-1]
+    width = int(lengths.max())
+    mask = torch.arange(width, device=offsets.device)[None, :] < lengths[:, None]
+    src = (offsets[:-1, None] + torch.arange(width, device=offsets.device)[None, :])[mask]
+    return bucket_keys(values, [Bucket(rows, width, mask, src, lengths)])[0], lengths
+
+
 def padded_search(q: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, k: int):
-    keys, lengths = pad_jagged(values, offsets)
+    keys, lengths = pad_to_longest(values, offsets)
     return ops.topk_target_search(q, keys, lengths, k)
 
 
@@ -120,7 +129,7 @@ def measure(c: int, args: argparse.Namespace, lengths: np.ndarray, device: torch
     q = torch.randn(b, c, args.da, generator=g).to(device)
     plan = bucket_plan(offsets)
     keys_b = bucket_keys(values, plan)
-    keys_p, lens_p = pad_jagged(values, offsets)
+    keys_p, lens_p = pad_to_longest(values, offsets)
     ref, got = padded_search(q, values, offsets, args.k), bucketed_search(q, plan, keys_b, args.k)
     agree = float((ref[1] == got[1]).all(-1).float().mean())
     return {
@@ -140,7 +149,7 @@ def rows_of(c: int, res: dict[str, float], args: argparse.Namespace, lengths: np
     proto = (f"ops.topk_target_search on a long-tailed batch: B={lengths.size} users, log-normal lengths median"
              f" {int(np.median(lengths))}, mean {lengths.mean():.0f}, p90 {int(np.percentile(lengths, 90))}, longest"
              f" {int(lengths.max())}, sum {int(lengths.sum())}; C={c}, da={args.da}, k={args.k}, fp32 N(0,1) keys/queries;"
-             f" {path}; padded = pad_jagged to the longest ({res['slots_padded']} slots) + one call; bucketed ="
+             f" {path}; padded = padded to the longest ({res['slots_padded']} slots) + one call; bucketed ="
              f" {res['buckets']} power-of-two length groups, each padded to its longest ({res['slots_bucketed']}"
              f" slots), one call each, results scattered back; median of {args.reps if device.type != 'cuda' else 'do_bench'}")
     common = dict(name="jagged_vs_padded", model="twin/dare retrieval stage", dataset="synthetic (generated lengths and keys)",

@@ -333,9 +333,6 @@ def run_targets(out: str | None, sdim_only: bool = False) -> int:
             traceback.print_exc()
             failed += 1
         path.write_text(json.dumps(rows, indent=1) + "\n")
-    if not sdim_only:
-        _trow(rows, "dare_training_step", "B=2048 L=2048 C=1", "note: NOT MEASURED (device image lacks pydantic; "
-              "models not importable there)", None)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote {path} ({len(rows)} rows); {failed} sections failed")
     return 1 if failed else 0
