@@ -45,7 +45,11 @@ def test_bucketed_search_equals_padded_search() -> None:
     rs, ri = jp.padded_search(q, values, offsets, k=10)
     assert torch.equal(i, ri) and torch.equal(s, rs)
     assert (i[5] == -1).all() and (i[3, :, 2:] == -1).all()  # empty and short users kept their -1 slots
-    keys, lens = ops.pad_jagged(values, offsets)
+    keys, lens = jp.pad_to_longest(values, offsets)
+    expected = torch.zeros(7, 300, 8)  # row b: its values, then zeros
+    for b in range(7):
+        expected[b, : int(lengths[b])] = values[int(offsets[b]) : int(offsets[b + 1])]
+    assert torch.equal(keys, expected) and torch.equal(lens, lengths)
     assert torch.equal(ops.topk_target_search(q, keys, lens, 10)[1], ri)
 
 
