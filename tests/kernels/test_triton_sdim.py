@@ -20,6 +20,7 @@ from kernels.triton.configs import TableConfig, table_config, table_layout
 from kernels.triton.sdim import (sdim_bucket_table_backward_triton, sdim_bucket_table_triton,
                                  sdim_gather_backward_triton, sdim_gather_triton)
 from tests.kernels._devices import rel_err, triton_device, triton_devices
+from tests.kernels.triton_on_cpu import use_triton_on_cpu
 
 
 def _case(seed, b, l, d, s, nb, dtype):
@@ -192,7 +193,7 @@ def test_table_grad_through_the_op_on_the_triton_path():
     codes = torch.randint(0, 16, (3, 70, 16), generator=g)
     lengths = torch.tensor([70, 33, 0])
     w = torch.randn(3, 16, 16, 16, generator=g)
-    ctx = ops.use_triton_on_cpu() if device == "cpu" else contextlib.nullcontext()
+    ctx = use_triton_on_cpu() if device == "cpu" else contextlib.nullcontext()
     h = history.to(device).requires_grad_()
     with ctx:
         out = ops.sdim_bucket_table(h, codes.to(device), lengths.to(device), 16)
