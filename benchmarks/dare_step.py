@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from benchmarks import kernels as kernel_bench
 from benchmarks.results import command_line, row, write_rows_to
 from kernels import ops
 from kernels.reference import topk_search as ref_topk
@@ -42,14 +43,13 @@ CALLS: Counter = Counter()  # eager-op calls (the run asserts the eager variant 
 
 def eager_search(queries: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor | None,
                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """matmul + masked_fill + torch.topk, with the op's contract: -inf / -1 in empty slots."""
+    """`benchmarks.kernels.eager_search` (matmul + masked_fill + torch.topk) with the op's contract:
+    -inf / -1 in empty slots."""
     CALLS["search"] += 1
     q, keys = queries.detach().float(), keys.detach().float()
     b, c, _ = q.shape
     l = keys.shape[1]
-    valid = torch.arange(l, device=keys.device)[None, :] < lengths.to(keys.device)[:, None]  # [B,L]
-    scores = torch.matmul(q, keys.transpose(1, 2)).masked_fill(~valid[:, None, :], float("-inf"))
-    top_s, top_i = torch.topk(scores, min(k, l), dim=-1)
+    top_s, top_i = kernel_bench.eager_search(q, keys, lengths.to(keys.device), min(k, l))
     if k > l:
         top_s = torch.cat([top_s, top_s.new_full((b, c, k - l), float("-inf"))], dim=-1)
         top_i = torch.cat([top_i, top_i.new_full((b, c, k - l), -1)], dim=-1)
